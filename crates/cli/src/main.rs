@@ -1,0 +1,77 @@
+//! The `firstrank` binary: the command-line front end. Argument parsing,
+//! logging and progress live here; the work itself is done by
+//! firstrank-core (formats, windows, metrics) and firstrank-models.
+
+mod diagnostic;
+mod eval;
+mod progress;
+mod rerank;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Fast listwise reranking with LLMs (FIRST single-token scoring).
+#[derive(Parser, Debug)]
+#[command(name = "firstrank", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Print only errors (no progress bar, no summary lines).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Rerank first-stage candidates and write a TREC run and/or a JSONL result.
+    Rerank(rerank::RerankArgs),
+    /// Score TREC runs against qrels with trec_eval's conventions.
+    Eval(eval::EvalArgs),
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,firstrank=info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    let result = match cli.command {
+        Command::Rerank(args) => rerank::run(args, cli.quiet),
+        Command::Eval(args) => eval::run(args, cli.quiet),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,252 @@
+//! `firstrank rerank`: stream candidates from a file, rerank them with a
+//! window strategy and a scorer, and write a TREC run and/or a JSONL result.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use firstrank_core::formats::{open_requests, read_trec_run, InputSpec, OutputConfig, OutputSink};
+use firstrank_core::metrics::{evaluate, EvalConfig, Metric};
+use firstrank_core::qrels::Qrels;
+use firstrank_core::window::{rerank_batch, WindowScorer, WindowStrategy};
+use firstrank_core::Request;
+
+use crate::diagnostic::{OracleScorer, ReverseScorer};
+use crate::progress::query_bar;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StrategyKind {
+    /// rank_llm's sliding window: windows of --window, moving up by --stride
+    /// from the bottom of the top --top-k to the top.
+    Sliding,
+    /// One window over the top --window candidates; the rest keep their order.
+    Single,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DiagnosticScorer {
+    /// Scores candidates by their qrels grade (needs --qrels): the ceiling a
+    /// window strategy can reach.
+    Oracle,
+    /// Reverses every window: shows the strategy moving candidates.
+    Reverse,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    firstrank rerank --input ../shared/data/dl19/bm25-top100.json --output dl19.trec --diagnostic-scorer oracle --qrels ../shared/data/dl19/qrels.txt\n  \
+    firstrank rerank --input run.trec --topics topics.tsv --corpus corpus.jsonl --output out.trec --output-jsonl out.jsonl ...")]
+pub struct RerankArgs {
+    /// Candidates: rank_llm retrieve_results JSON, rank_llm request JSONL, or a
+    /// TREC run (then also --topics and --corpus). The format is detected.
+    #[arg(long, short, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Topics for a TREC-run input: `qid<TAB>query` per line.
+    #[arg(long, value_name = "FILE", requires = "corpus")]
+    pub topics: Option<PathBuf>,
+    /// Corpus for a TREC-run input: JSONL {"docid"|"_id"|"id", "title"?, "text"|"contents"} or TSV docid<TAB>text.
+    #[arg(long, value_name = "FILE", requires = "topics")]
+    pub corpus: Option<PathBuf>,
+    /// TREC run to write (`qid Q0 docid rank score tag`; scores strictly decrease with rank).
+    #[arg(long, short, value_name = "FILE", required_unless_present = "output_jsonl")]
+    pub output: Option<PathBuf>,
+    /// rank_llm-style JSONL result: reordered candidates with raw model scores and every window's scores.
+    #[arg(long, value_name = "FILE")]
+    pub output_jsonl: Option<PathBuf>,
+    /// Run tag written in the TREC run's last column.
+    #[arg(long, default_value = "firstrank")]
+    pub tag: String,
+    /// Continue an interrupted run: queries already in the outputs' progress files are skipped.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// Window strategy.
+    #[arg(long, value_enum, default_value_t = StrategyKind::Sliding)]
+    pub strategy: StrategyKind,
+    /// Candidates per window.
+    #[arg(long, default_value_t = 20)]
+    pub window: usize,
+    /// Positions the sliding window moves up per step.
+    #[arg(long, default_value_t = 10)]
+    pub stride: usize,
+    /// Rerank ranks [rank-start, top-k) (0-based); candidates below stay in place.
+    #[arg(long, default_value_t = 100)]
+    pub top_k: usize,
+    /// First rank the strategy may move (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub rank_start: usize,
+    /// Repeat the whole sweep this many times.
+    #[arg(long, default_value_t = 1)]
+    pub passes: usize,
+    /// Queries whose windows are scored together (backends batch them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub batch_queries: u16,
+    /// Stop after this many queries.
+    #[arg(long)]
+    pub limit: Option<usize>,
+
+    /// Model-free scorer for testing the pipeline (not a reranker).
+    #[arg(long, value_enum, hide_short_help = true)]
+    pub diagnostic_scorer: Option<DiagnosticScorer>,
+    /// Qrels for the oracle scorer and for --eval.
+    #[arg(long, value_name = "FILE")]
+    pub qrels: Option<PathBuf>,
+    /// After writing the TREC run, print its metrics against --qrels.
+    #[arg(long, requires = "qrels", requires = "output")]
+    pub eval: bool,
+}
+
+impl RerankArgs {
+    fn strategy(&self) -> Result<WindowStrategy> {
+        let s = match self.strategy {
+            StrategyKind::Sliding => WindowStrategy::sliding(self.window, self.stride, self.top_k),
+            StrategyKind::Single => WindowStrategy::single(self.window),
+        }
+        .with_passes(self.passes)
+        .with_rank_start(self.rank_start);
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn input_spec(&self) -> InputSpec {
+        match (&self.topics, &self.corpus) {
+            (Some(topics), Some(corpus)) => InputSpec::RunWithTexts {
+                run: self.input.clone(),
+                topics: topics.clone(),
+                corpus: corpus.clone(),
+            },
+            _ => InputSpec::Auto(self.input.clone()),
+        }
+    }
+}
+
+fn build_scorer(args: &RerankArgs) -> Result<Box<dyn WindowScorer>> {
+    match args.diagnostic_scorer {
+        Some(DiagnosticScorer::Oracle) => {
+            let Some(path) = &args.qrels else {
+                bail!("--diagnostic-scorer oracle needs --qrels FILE");
+            };
+            Ok(Box::new(OracleScorer {
+                qrels: Qrels::load(path)?,
+            }))
+        }
+        Some(DiagnosticScorer::Reverse) => Ok(Box::new(ReverseScorer)),
+        None => bail!("no scorer: pass --diagnostic-scorer (model backends are not wired in yet)"),
+    }
+}
+
+/// Counts the queries of the input in the background so the progress bar
+/// can show an ETA without delaying the start of work.
+fn count_queries_in_background(spec: InputSpec, bar: indicatif::ProgressBar, limit: Option<usize>) {
+    std::thread::spawn(move || {
+        let total = match &spec {
+            InputSpec::RunWithTexts { run, .. } => read_trec_run(run).map(|r| r.len()).ok(),
+            InputSpec::Auto(_) => open_requests(&spec).ok().map(|it| it.take_while(|r| r.is_ok()).count()),
+        };
+        if let Some(n) = total {
+            bar.set_length(limit.map_or(n, |l| l.min(n)) as u64);
+        }
+    });
+}
+
+pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
+    let strategy = args.strategy()?;
+    let spec = args.input_spec();
+    // Open the input first: a bad file fails before any output is touched.
+    let requests = open_requests(&spec)?;
+    let mut scorer = build_scorer(&args)?;
+    let mut sink = OutputSink::create(OutputConfig {
+        trec: args.output.clone(),
+        jsonl: args.output_jsonl.clone(),
+        tag: args.tag.clone(),
+        resume: args.resume,
+    })?;
+    let done: HashSet<String> = sink.completed().clone();
+
+    let bar = query_bar(None, quiet);
+    bar.set_message("reranking");
+    count_queries_in_background(spec, bar.clone(), args.limit);
+    let started = Instant::now();
+    let (mut reranked, mut skipped, mut windows) = (0usize, 0usize, 0usize);
+    let mut seen = HashSet::new();
+    let mut batch: Vec<Request> = Vec::new();
+
+    let mut flush = |batch: &mut Vec<Request>, sink: &mut OutputSink| -> Result<usize> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let outcomes = rerank_batch(scorer.as_mut(), &strategy, std::mem::take(batch))?;
+        let mut n_windows = 0;
+        for outcome in &outcomes {
+            sink.write(outcome)?;
+            n_windows += outcome.windows.len();
+            bar.inc(1);
+        }
+        Ok(n_windows)
+    };
+
+    let result: Result<()> = (|| {
+        for (i, request) in requests.enumerate() {
+            if args.limit.is_some_and(|l| i >= l) {
+                break;
+            }
+            let request = request?;
+            if !seen.insert(request.query.qid.clone()) {
+                bail!(
+                    "{}: query {} appears twice in the input; merge its candidates or remove one",
+                    args.input.display(),
+                    request.query.qid
+                );
+            }
+            if done.contains(&request.query.qid) {
+                skipped += 1;
+                bar.inc(1);
+                continue;
+            }
+            batch.push(request);
+            if batch.len() >= args.batch_queries as usize {
+                windows += flush(&mut batch, &mut sink)?;
+            }
+            reranked += 1;
+        }
+        windows += flush(&mut batch, &mut sink)?;
+        Ok(())
+    })();
+    bar.finish_and_clear();
+    if let Err(err) = result {
+        let progress: Vec<String> = [&args.output, &args.output_jsonl]
+            .into_iter()
+            .flatten()
+            .map(|p| firstrank_core::formats::output::partial_path(p).display().to_string())
+            .collect();
+        return Err(err.context(format!(
+            "reranking stopped; no output was written. Finished queries are kept in {} (rerun with --resume to continue)",
+            progress.join(" and ")
+        )));
+    }
+    sink.finish()?;
+    let secs = started.elapsed().as_secs_f64();
+    if !quiet {
+        eprintln!(
+            "reranked {reranked} queries ({windows} windows) in {secs:.1}s ({:.1} queries/s){}",
+            reranked as f64 / secs.max(1e-9),
+            if skipped > 0 { format!(", {skipped} already done") } else { String::new() }
+        );
+    }
+    if args.eval {
+        let (Some(qrels), Some(out)) = (&args.qrels, &args.output) else {
+            unreachable!("clap requires --qrels and --output with --eval")
+        };
+        let qrels = Qrels::load(qrels)?;
+        let run = crate::eval::load_run(out)?;
+        let cfg = EvalConfig {
+            metrics: vec![Metric::Ndcg(10), Metric::Recall(100), Metric::Mrr(10)],
+            ..EvalConfig::default()
+        };
+        let e = evaluate(&run, &qrels, &cfg).context("evaluating the written run")?;
+        println!("{}", e.to_trec_eval_string(false).trim_end());
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! End-to-end tests of the `firstrank` binary: the published BM25 numbers, the
+//! oracle ceiling of the sliding window, resume, and bad input (non-zero exit,
+//! a message naming the place, no output file).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+fn shared() -> Option<PathBuf> {
+    let dir = std::env::var_os("FIRSTRANK_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    if dir.join("data/dl19/qrels.txt").exists() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: shared data not found at {}", dir.display());
+        None
+    }
+}
+
+fn firstrank(args: &[&str]) -> Output {
+    Command::cargo_bin("firstrank").unwrap().args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The `all` value of a metric in trec_eval layout.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            (cols.len() == 3 && cols[0].trim() == name && cols[1] == "all").then(|| cols[2].parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn eval_reproduces_anserini_bm25_on_dl19_and_dl20() {
+    let Some(s) = shared() else { return };
+    for (set, expected) in [("dl19", 0.5058), ("dl20", 0.4796)] {
+        let data = s.join("data").join(set);
+        let o = firstrank(&[
+            "eval",
+            "--trec-eval-format",
+            "--qrels",
+            p(&data.join("qrels.txt")),
+            p(&data.join("bm25-top100.json")),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let ndcg = metric(&stdout(&o), "ndcg_cut_10");
+        assert_eq!(format!("{ndcg:.4}"), format!("{expected:.4}"), "{set}");
+    }
+}
+
+#[test]
+fn oracle_sliding_window_reaches_the_ideal_reordering_of_the_top_100() {
+    let Some(s) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // Ideal reordering of the BM25 top-100 (grade order), nDCG@10, computed by
+    // metrics::ideal_reorder and cross-checked against trec_eval in the core tests.
+    for (set, ideal) in [("dl19", 0.8922), ("dl20", 0.8707)] {
+        let data = s.join("data").join(set);
+        let out = tmp.path().join(format!("{set}.trec"));
+        let jsonl = tmp.path().join(format!("{set}.jsonl"));
+        let o = firstrank(&[
+            "rerank",
+            "-q",
+            "--input",
+            p(&data.join("bm25-top100.json")),
+            "--output",
+            p(&out),
+            "--output-jsonl",
+            p(&jsonl),
+            "--diagnostic-scorer",
+            "oracle",
+            "--qrels",
+            p(&data.join("qrels.txt")),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let e = firstrank(&["eval", "--trec-eval-format", "--qrels", p(&data.join("qrels.txt")), p(&out)]);
+        assert!(e.status.success(), "{}", stderr(&e));
+        let ndcg = metric(&stdout(&e), "ndcg_cut_10");
+        assert_eq!(format!("{ndcg:.4}"), format!("{ideal:.4}"), "{set}");
+        // R@100 cannot change: the strategy only reorders the top 100.
+        let bm25 = firstrank(&[
+            "eval",
+            "--trec-eval-format",
+            "--qrels",
+            p(&data.join("qrels.txt")),
+            p(&data.join("bm25-top100.json")),
+        ]);
+        assert_eq!(metric(&stdout(&e), "recall_100"), metric(&stdout(&bm25), "recall_100"));
+        // 9 windows per query of 100 candidates, each recorded in the JSONL.
+        let text = std::fs::read_to_string(&jsonl).unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["windows"].as_array().unwrap().len(), 9);
+            assert_eq!(v["windows"][0]["start"], 80);
+            assert_eq!(v["windows"][8]["end"], 20);
+        }
+    }
+}
+
+#[test]
+fn compare_reports_a_paired_test() {
+    let Some(s) = shared() else { return };
+    let data = s.join("data/dl19");
+    let o = firstrank(&[
+        "eval",
+        "--json",
+        "--qrels",
+        p(&data.join("qrels.txt")),
+        "--compare",
+        p(&data.join("bm25-top100.json")),
+        p(&data.join("splade-pp-ed-top100.json")),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["num_queries"], 43);
+    let ndcg = v["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "nDCG@10").unwrap();
+    assert!((ndcg["a"].as_f64().unwrap() - 0.5058).abs() < 5e-5);
+    // SPLADE++ is far stronger than BM25 on DL19: significant either way.
+    assert!(ndcg["diff"].as_f64().unwrap() > 0.1);
+    assert!(ndcg["p_t_test"].as_f64().unwrap() < 0.01);
+    assert!(ndcg["p_randomization"].as_f64().unwrap() < 0.01);
+}
+
+fn write(path: &Path, text: &[u8]) {
+    std::fs::write(path, text).unwrap();
+}
+
+const GOOD_QUERY: &str = r#"{"query": {"text": "q one", "qid": "1"}, "candidates": [{"docid": "a", "score": 2.0, "doc": {"contents": "alpha"}}, {"docid": "b", "score": 1.0, "doc": {"contents": "beta"}}]}"#;
+
+/// Runs `rerank` on `input` and checks it fails, names `needle`, and leaves no output.
+fn assert_rejected(dir: &Path, input: &Path, needle: &str) {
+    let out = dir.join("out.trec");
+    let o = firstrank(&["rerank", "-q", "--input", p(input), "--output", p(&out), "--diagnostic-scorer", "reverse"]);
+    assert!(!o.status.success(), "accepted bad input {}", input.display());
+    let err = stderr(&o);
+    assert!(err.contains(needle), "error for {} does not mention {needle:?}:\n{err}", input.display());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists(), "half-written output left for {}", input.display());
+}
+
+#[test]
+fn bad_inputs_exit_non_zero_naming_the_place_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+
+    let f = d.join("malformed.jsonl");
+    write(&f, format!("{GOOD_QUERY}\n{{\"query\": {{\"text\": \"x\", \"qid\": \"2\"}}, \"candidates\": [\n").as_bytes());
+    assert_rejected(d, &f, "line 2");
+
+    let f = d.join("missing.jsonl");
+    write(&f, format!("{GOOD_QUERY}\n{}\n", r#"{"query": {"text": "x", "qid": "2"}, "candidates": [{"score": 1.0, "doc": {"contents": "c"}}]}"#).as_bytes());
+    assert_rejected(d, &f, "docid");
+
+    let f = d.join("malformed.json");
+    write(&f, br#"[{"query": "q", "hits": [{"content": "c", "qid": 1, "docid": "a", "rank": 1, "score": 1.0}]}, {"query": "q2", "hits": [}]"#);
+    assert_rejected(d, &f, "record 2");
+
+    let f = d.join("utf8.jsonl");
+    let mut bytes = format!("{GOOD_QUERY}\n").into_bytes();
+    bytes.extend_from_slice(b"{\"query\": {\"text\": \"bad \xff\xfe\", \"qid\": \"2\"}, \"candidates\": []}\n");
+    write(&f, &bytes);
+    assert_rejected(d, &f, "UTF-8");
+
+    let f = d.join("unknown.txt");
+    write(&f, b"this is not a candidate file\n");
+    assert_rejected(d, &f, "expected one of");
+
+    let f = d.join("run.trec");
+    write(&f, b"1 Q0 a 1 2.0 x\n1 Q0 b two 1.0 x\n");
+    let topics = d.join("topics.tsv");
+    write(&topics, b"1\tq one\n");
+    let corpus = d.join("corpus.tsv");
+    write(&corpus, b"a\talpha\nb\tbeta\n");
+    let out = d.join("out.trec");
+    let o = firstrank(&[
+        "rerank", "-q", "--input", p(&f), "--topics", p(&topics), "--corpus", p(&corpus), "--output", p(&out),
+        "--diagnostic-scorer", "reverse",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
+    assert!(!out.exists());
+
+    // Malformed qrels line in eval.
+    let qrels = d.join("qrels.txt");
+    write(&qrels, b"1 0 a 2\n1 0 b\n");
+    let run = d.join("ok.trec");
+    write(&run, b"1 Q0 a 1 2.0 x\n");
+    let o = firstrank(&["eval", "--qrels", p(&qrels), p(&run)]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
+
+    // An oracle without qrels, a stride larger than the window: clear errors.
+    let good = d.join("good.jsonl");
+    write(&good, format!("{GOOD_QUERY}\n").as_bytes());
+    let o = firstrank(&["rerank", "--input", p(&good), "--output", p(&out), "--diagnostic-scorer", "oracle"]);
+    assert!(!o.status.success() && stderr(&o).contains("--qrels"), "{}", stderr(&o));
+    let o = firstrank(&[
+        "rerank", "--input", p(&good), "--output", p(&out), "--diagnostic-scorer", "reverse", "--stride", "30",
+    ]);
+    assert!(!o.status.success() && stderr(&o).contains("stride"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
+
+#[test]
+fn edge_cases_one_candidate_empty_list_duplicates_and_a_1mb_passage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let big = "word ".repeat(200_000);
+    let input = d.join("edge.jsonl");
+    let lines = [
+        r#"{"query": {"text": "one", "qid": "1"}, "candidates": [{"docid": "a", "score": 1.0, "doc": {"contents": "x"}}]}"#.to_string(),
+        r#"{"query": {"text": "none", "qid": "2"}, "candidates": []}"#.to_string(),
+        r#"{"query": {"text": "dup", "qid": "3"}, "candidates": [{"docid": "a", "score": 3.0, "doc": {"contents": "x"}}, {"docid": "a", "score": 2.0, "doc": {"contents": "y"}}, {"docid": "b", "score": 1.0, "doc": {"contents": "z"}}]}"#.to_string(),
+        format!(r#"{{"query": {{"text": "big", "qid": "4"}}, "candidates": [{{"docid": "big", "score": 1.0, "doc": {{"contents": "{big}"}}}}, {{"docid": "small", "score": 0.5, "doc": {{"contents": "s"}}}}]}}"#),
+    ];
+    write(&input, (lines.join("\n") + "\n").as_bytes());
+    let out = d.join("out.trec");
+    let o = firstrank(&["rerank", "-q", "--input", p(&input), "--output", p(&out), "--diagnostic-scorer", "reverse"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = std::fs::read_to_string(&out).unwrap();
+    let rows: Vec<Vec<&str>> = run.lines().map(|l| l.split(' ').collect()).collect();
+    // q1: one candidate; q2: nothing; q3: duplicate `a` dropped, [a, b] reversed; q4 reversed.
+    let got: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[2])).collect();
+    assert_eq!(got, vec![("1", "a"), ("3", "b"), ("3", "a"), ("4", "small"), ("4", "big")]);
+}
+
+#[test]
+fn resume_after_a_failure_continues_and_matches_a_clean_run() {
+    let Some(s) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // Take 5 DL19 queries as request JSONL, and a copy whose 4th line is broken.
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(s.join("data/dl19/bm25-top100.json")).unwrap()).unwrap();
+    let lines: Vec<String> = all[..5]
+        .iter()
+        .map(|q| {
+            let cands: Vec<serde_json::Value> = q["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| serde_json::json!({"docid": h["docid"], "score": h["score"], "doc": {"contents": h["content"]}}))
+                .collect();
+            serde_json::json!({"query": {"text": q["query"], "qid": q["hits"][0]["qid"].to_string()}, "candidates": cands})
+                .to_string()
+        })
+        .collect();
+    let good = d.join("good.jsonl");
+    write(&good, (lines.join("\n") + "\n").as_bytes());
+    let mut broken_lines = lines.clone();
+    broken_lines[3] = "{not json".into();
+    let broken = d.join("broken.jsonl");
+    write(&broken, (broken_lines.join("\n") + "\n").as_bytes());
+
+    let qrels = s.join("data/dl19/qrels.txt");
+    let run = |input: &Path, out: &Path, jsonl: &Path, resume: bool| {
+        let mut args = vec![
+            "rerank", "-q", "--input", p(input), "--output", p(out), "--output-jsonl", p(jsonl),
+            "--diagnostic-scorer", "oracle", "--qrels", p(&qrels),
+        ];
+        if resume {
+            args.push("--resume");
+        }
+        firstrank(&args)
+    };
+    let (clean_trec, clean_jsonl) = (d.join("clean.trec"), d.join("clean.jsonl"));
+    assert!(run(&good, &clean_trec, &clean_jsonl, false).status.success());
+
+    let (out, jsonl) = (d.join("out.trec"), d.join("out.jsonl"));
+    let o = run(&broken, &out, &jsonl, false);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+    assert!(!out.exists() && !jsonl.exists());
+    let partial = std::fs::read_to_string(d.join("out.jsonl.partial")).unwrap();
+    assert_eq!(partial.lines().count(), 3, "the three queries before the broken line are kept");
+
+    let o = run(&good, &out, &jsonl, true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&clean_trec).unwrap());
+    assert_eq!(std::fs::read(&jsonl).unwrap(), std::fs::read(&clean_jsonl).unwrap());
+    assert!(!d.join("out.jsonl.partial").exists());
+}
+
+#[test]
+fn help_reads_well() {
+    let o = firstrank(&["--help"]);
+    assert!(o.status.success());
+    let text = stdout(&o);
+    for cmd in ["rerank", "eval"] {
+        assert!(text.contains(cmd), "{text}");
+    }
+    let o = firstrank(&["rerank", "--help"]);
+    assert!(stdout(&o).contains("--resume"));
+}

@@ -1,0 +1,565 @@
+//! Result outputs: a TREC run and a rank_llm-style JSONL, written atomically
+//! and resumable.
+//!
+//! # Formats
+//!
+//! - **TREC run**: `qid Q0 docid rank score tag`, one line per candidate, rank
+//!   1-based, score from [`RerankOutcome::rank_scores`]. Scores are printed
+//!   in Rust's shortest round-trip form, so distinct values stay distinct as
+//!   text and the strictly decreasing order survives trec_eval's re-sort; the
+//!   writer checks this and refuses otherwise. A query with no candidates
+//!   writes no lines.
+//! - **JSONL**: one line per query,
+//!   `{"query": {"qid", "text"}, "candidates": [{"docid", "score", "model_score"?,
+//!   "original_rank", "first_stage_score", "doc": {"contents", "title"?}}],
+//!   "windows": [{"start", "end", "docids", "scores"}]}`. `score` is the rank
+//!   score (as in the TREC run), `model_score` the raw score of the last window
+//!   that saw the candidate, `original_rank` the 1-based first-stage rank,
+//!   window `start`/`end` 0-based positions. This is also the request JSONL
+//!   shape, so a result can be read back as input.
+//!
+//! # Atomic writing and resume
+//!
+//! [`AtomicWriter`] writes a temp file in the target's directory and renames
+//! it into place on [`AtomicWriter::commit`]; dropped without commit, the temp
+//! file is removed and the target is untouched.
+//!
+//! A long rerank should survive an interruption, but an atomic output only
+//! appears at the end. So [`OutputSink`] writes each output's progress to
+//! `<output>.partial`, appending and flushing once per query (no fsync per
+//! query: a killed process loses nothing flushed; a power cut may), and on
+//! [`OutputSink::finish`] fsyncs it and renames it onto `<output>`. With
+//! `resume`, the sink first reads the existing `.partial` files (or, if there
+//! is none, a finished `<output>`) and keeps only queries known complete:
+//! - JSONL: lines that parse completely; an unparsable *last* line is a
+//!   truncated write and is dropped (an unparsable line before it is an error).
+//! - TREC: a query's lines carry no end marker, so the last query group of the
+//!   file is always treated as incomplete and redone (costs one query);
+//!   an unparsable last line is dropped with it.
+//! - With both outputs, a query counts as done when it is complete in the
+//!   JSONL and in the TREC run (or has no candidates, which the TREC run cannot
+//!   show). Each `.partial` is rewritten (atomically) to hold exactly the done
+//!   queries, then appended to; [`OutputSink::completed`] lists their qids
+//!   for the caller to skip.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tempfile::NamedTempFile;
+
+use super::lines::Lines;
+use super::trec::parse_run_line;
+use super::Id;
+use crate::window::{RerankOutcome, WindowRecord};
+use crate::{Error, Result};
+
+// ---------------------------------------------------------------------------
+// Formatting
+
+/// The TREC lines of one query (empty for a query without candidates).
+pub fn format_trec(outcome: &RerankOutcome, tag: &str) -> Result<String> {
+    check_token("run tag", tag)?;
+    check_token("qid", &outcome.query.qid)?;
+    let scores = outcome.rank_scores();
+    let mut out = String::with_capacity(outcome.ranked.len() * 48);
+    let mut prev: Option<(f64, String)> = None;
+    for (i, (c, score)) in outcome.ranked.iter().zip(&scores).enumerate() {
+        check_token("docid", &c.candidate.docid)?;
+        let text = format!("{score}");
+        if !score.is_finite() || prev.as_ref().is_some_and(|(p, _)| *score >= *p) {
+            return Err(Error::Invalid(format!(
+                "query {}: TREC scores must be finite and strictly decreasing, got {} after {}",
+                outcome.query.qid,
+                text,
+                prev.map(|(_, t)| t).unwrap_or_default()
+            )));
+        }
+        out.push_str(&format!(
+            "{} Q0 {} {} {} {}\n",
+            outcome.query.qid,
+            c.candidate.docid,
+            i + 1,
+            text,
+            tag
+        ));
+        prev = Some((*score, text));
+    }
+    Ok(out)
+}
+
+fn check_token(what: &str, s: &str) -> Result<()> {
+    if s.is_empty() || s.chars().any(char::is_whitespace) {
+        return Err(Error::Invalid(format!(
+            "{what} `{s}` cannot be written to a TREC run: it must be non-empty and contain no whitespace"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct JsonlQuery<'a> {
+    text: &'a str,
+    qid: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonlDoc<'a> {
+    contents: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct JsonlCandidate<'a> {
+    docid: &'a str,
+    score: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_score: Option<f32>,
+    original_rank: usize,
+    first_stage_score: f64,
+    doc: JsonlDoc<'a>,
+}
+
+#[derive(Serialize)]
+struct JsonlLine<'a> {
+    query: JsonlQuery<'a>,
+    candidates: Vec<JsonlCandidate<'a>>,
+    windows: &'a [WindowRecord],
+}
+
+/// The JSONL line of one query, with its trailing newline.
+pub fn format_jsonl(outcome: &RerankOutcome) -> Result<String> {
+    let scores = outcome.rank_scores();
+    let line = JsonlLine {
+        query: JsonlQuery {
+            text: &outcome.query.text,
+            qid: &outcome.query.qid,
+        },
+        candidates: outcome
+            .ranked
+            .iter()
+            .zip(scores)
+            .map(|(c, score)| JsonlCandidate {
+                docid: &c.candidate.docid,
+                score,
+                model_score: c.model_score,
+                original_rank: c.original_rank + 1,
+                first_stage_score: c.candidate.score,
+                doc: JsonlDoc {
+                    contents: &c.candidate.text,
+                    title: c.candidate.title.as_deref(),
+                },
+            })
+            .collect(),
+        windows: &outcome.windows,
+    };
+    let mut s = serde_json::to_string(&line).map_err(|e| {
+        Error::Invalid(format!(
+            "query {}: cannot encode JSON: {e}",
+            outcome.query.qid
+        ))
+    })?;
+    s.push('\n');
+    Ok(s)
+}
+
+// ---------------------------------------------------------------------------
+// AtomicWriter
+
+/// Writes `target` all at once: a temp file in the same directory, renamed
+/// into place by [`commit`](Self::commit). Dropped uncommitted, the temp file
+/// is deleted and `target` is left as it was.
+pub struct AtomicWriter {
+    target: PathBuf,
+    inner: BufWriter<NamedTempFile>,
+}
+
+impl AtomicWriter {
+    /// Starts writing `target`; creates its directory if needed.
+    pub fn create(target: impl AsRef<Path>) -> Result<Self> {
+        let target = target.as_ref().to_path_buf();
+        let dir = parent_dir(&target);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let prefix = format!(".{name}.");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".tmp");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o644));
+        }
+        let tmp = builder.tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(Self {
+            target,
+            inner: BufWriter::with_capacity(1 << 16, tmp),
+        })
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Flushes, syncs and renames the temp file onto the target.
+    pub fn commit(self) -> Result<()> {
+        let target = self.target;
+        let tmp = self
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io(&target, e.into_error()))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io(&target, e))?;
+        tmp.persist(&target)
+            .map_err(|e| Error::io(&target, e.error))?;
+        Ok(())
+    }
+}
+
+impl Write for AtomicWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Progress scanning
+
+/// Which output a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    Trec,
+    Jsonl,
+}
+
+/// A complete query record found in a progress file.
+struct Record {
+    qid: String,
+    /// Lines (1-based) the record spans, inclusive.
+    lines: (usize, usize),
+    /// JSONL only: the query had no candidates.
+    empty: bool,
+}
+
+#[derive(Deserialize)]
+struct DoneLine {
+    query: DoneQuery,
+    candidates: Vec<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct DoneQuery {
+    qid: Id,
+}
+
+/// Complete query records of a progress file, in file order (see the module
+/// comment for what counts as complete).
+fn scan_progress(path: &Path, kind: OutputKind) -> Result<Vec<Record>> {
+    let mut lines = Lines::open(path)?;
+    let mut records: Vec<Record> = Vec::new();
+    // A bad line is only fatal if another line follows it.
+    let mut pending_bad: Option<Error> = None;
+    loop {
+        let line = match lines.next_line() {
+            Ok(Some(l)) => l,
+            Ok(None) => break,
+            Err(e) => {
+                // Invalid UTF-8 can come from a write cut in the middle of a
+                // character: fatal only if not on the last line.
+                if let Some(bad) = pending_bad.take() {
+                    return Err(bad);
+                }
+                pending_bad = Some(e);
+                continue;
+            }
+        };
+        if let Some(bad) = pending_bad.take() {
+            return Err(bad);
+        }
+        if line.text.trim().is_empty() {
+            continue;
+        }
+        let no = line.no;
+        match kind {
+            OutputKind::Jsonl => match serde_json::from_str::<DoneLine>(line.text) {
+                Ok(d) if line.terminated => records.push(Record {
+                    qid: d.query.qid.0,
+                    lines: (no, no),
+                    empty: d.candidates.is_empty(),
+                }),
+                // A complete object without its newline is still a cut write.
+                Ok(_) => {}
+                Err(e) => {
+                    pending_bad = Some(Error::input(
+                        path,
+                        format!("line {no}"),
+                        format!("not a firstrank JSONL result line ({e}); only the last line may be incomplete"),
+                    ))
+                }
+            },
+            OutputKind::Trec => match parse_run_line(line.text) {
+                Ok((qid, _)) if line.terminated => match records.last_mut() {
+                    Some(r) if r.qid == qid && r.lines.1 + 1 == no => r.lines.1 = no,
+                    _ => records.push(Record {
+                        qid: qid.to_owned(),
+                        lines: (no, no),
+                        empty: false,
+                    }),
+                },
+                Ok(_) => {}
+                Err(msg) => {
+                    pending_bad = Some(Error::input(
+                        path,
+                        format!("line {no}"),
+                        format!("{msg}; only the last line may be incomplete"),
+                    ))
+                }
+            },
+        }
+    }
+    if kind == OutputKind::Trec {
+        // The last group may be missing lines: redo it.
+        records.pop();
+    }
+    Ok(records)
+}
+
+/// The qids already complete in a progress file (a `.partial` of an
+/// interrupted run, possibly cut mid-line). For a TREC run the last query in
+/// the file is never counted (its lines may be incomplete), nor are queries
+/// without candidates (they leave no lines).
+pub fn completed_qids(path: &Path, kind: OutputKind) -> Result<HashSet<String>> {
+    Ok(scan_progress(path, kind)?
+        .into_iter()
+        .map(|r| r.qid)
+        .collect())
+}
+
+/// Rewrites `path` keeping only the lines of records whose qid is in `keep`.
+fn rewrite_progress(path: &Path, records: &[Record], keep: &HashSet<String>) -> Result<()> {
+    let mut wanted_lines = Vec::new();
+    for r in records.iter().filter(|r| keep.contains(&r.qid)) {
+        wanted_lines.push(r.lines);
+    }
+    let mut out = AtomicWriter::create(path)?;
+    let mut lines = Lines::open(path)?;
+    let mut next = wanted_lines.iter().peekable();
+    while let Some(&&(from, to)) = next.peek() {
+        let Some(line) = lines.next_line()? else {
+            break;
+        };
+        if line.no < from {
+            continue;
+        }
+        out.write_all(line.text.as_bytes())
+            .and_then(|()| out.write_all(b"\n"))
+            .map_err(|e| Error::io(path, e))?;
+        if line.no == to {
+            next.next();
+        }
+    }
+    out.commit()
+}
+
+// ---------------------------------------------------------------------------
+// OutputSink
+
+/// What [`OutputSink`] writes.
+#[derive(Debug, Clone, Default)]
+pub struct OutputConfig {
+    /// TREC run path, if any.
+    pub trec: Option<PathBuf>,
+    /// JSONL result path, if any.
+    pub jsonl: Option<PathBuf>,
+    /// The run tag (TREC column 6); no whitespace.
+    pub tag: String,
+    /// Continue from existing `.partial` files (or finished outputs).
+    pub resume: bool,
+}
+
+struct Target {
+    kind: OutputKind,
+    target: PathBuf,
+    partial: PathBuf,
+    file: BufWriter<File>,
+}
+
+/// Writes TREC and/or JSONL results query by query into `<output>.partial`
+/// files and moves them into place on [`finish`](Self::finish). See the
+/// module comment for the resume rules.
+pub struct OutputSink {
+    targets: Vec<Target>,
+    tag: String,
+    completed: HashSet<String>,
+}
+
+/// `<path>.partial`.
+pub fn partial_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+impl OutputSink {
+    pub fn create(config: OutputConfig) -> Result<Self> {
+        if config.trec.is_some() {
+            check_token("run tag", &config.tag)?;
+        }
+        let mut outputs: Vec<(OutputKind, PathBuf)> = Vec::new();
+        if let Some(p) = &config.trec {
+            outputs.push((OutputKind::Trec, p.clone()));
+        }
+        if let Some(p) = &config.jsonl {
+            outputs.push((OutputKind::Jsonl, p.clone()));
+        }
+        if outputs.is_empty() {
+            return Err(Error::Invalid(
+                "no output given: need a TREC run path, a JSONL path or both".into(),
+            ));
+        }
+        if outputs.len() == 2 && outputs[0].1 == outputs[1].1 {
+            return Err(Error::Invalid(format!(
+                "the TREC and JSONL outputs are the same file {}",
+                outputs[0].1.display()
+            )));
+        }
+
+        let mut completed = HashSet::new();
+        if config.resume {
+            // Scan what exists; a missing progress file means nothing done.
+            let mut scans: Vec<(OutputKind, PathBuf, Vec<Record>)> = Vec::new();
+            for (kind, target) in &outputs {
+                let partial = partial_path(target);
+                if !partial.exists() && target.exists() {
+                    tracing::info!(
+                        "resume: no {} but {} exists; continuing from it",
+                        partial.display(),
+                        target.display()
+                    );
+                    std::fs::copy(target, &partial).map_err(|e| Error::io(&partial, e))?;
+                }
+                let records = if partial.exists() {
+                    scan_progress(&partial, *kind)?
+                } else {
+                    Vec::new()
+                };
+                scans.push((*kind, partial, records));
+            }
+            completed = done_qids(&scans);
+            for (_, partial, records) in &scans {
+                if partial.exists() {
+                    rewrite_progress(partial, records, &completed)?;
+                }
+            }
+            tracing::info!("resume: {} queries already complete", completed.len());
+        }
+
+        let mut targets = Vec::new();
+        for (kind, target) in outputs {
+            let partial = partial_path(&target);
+            let dir = parent_dir(&target);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            if !config.resume && partial.exists() {
+                tracing::warn!(
+                    "overwriting {} from an earlier run (pass --resume to continue it)",
+                    partial.display()
+                );
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(config.resume)
+                .truncate(!config.resume)
+                .open(&partial)
+                .map_err(|e| Error::io(&partial, e))?;
+            targets.push(Target {
+                kind,
+                target,
+                partial,
+                file: BufWriter::with_capacity(1 << 16, file),
+            });
+        }
+        Ok(Self {
+            targets,
+            tag: config.tag,
+            completed,
+        })
+    }
+
+    /// qids already complete (only with `resume`): skip these.
+    pub fn completed(&self) -> &HashSet<String> {
+        &self.completed
+    }
+
+    /// Appends one query to every output and flushes.
+    pub fn write(&mut self, outcome: &RerankOutcome) -> Result<()> {
+        // Format everything first so that an invalid outcome writes nothing.
+        let mut texts = Vec::with_capacity(self.targets.len());
+        for t in &self.targets {
+            texts.push(match t.kind {
+                OutputKind::Trec => format_trec(outcome, &self.tag)?,
+                OutputKind::Jsonl => format_jsonl(outcome)?,
+            });
+        }
+        for (t, text) in self.targets.iter_mut().zip(texts) {
+            t.file
+                .write_all(text.as_bytes())
+                .and_then(|()| t.file.flush())
+                .map_err(|e| Error::io(&t.partial, e))?;
+        }
+        Ok(())
+    }
+
+    /// Syncs every `.partial` and renames it onto its output.
+    pub fn finish(self) -> Result<()> {
+        for t in self.targets {
+            let file = t
+                .file
+                .into_inner()
+                .map_err(|e| Error::io(&t.partial, e.into_error()))?;
+            file.sync_all().map_err(|e| Error::io(&t.partial, e))?;
+            drop(file);
+            std::fs::rename(&t.partial, &t.target).map_err(|e| Error::io(&t.target, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Queries done in every scanned output (see the module comment).
+fn done_qids(scans: &[(OutputKind, PathBuf, Vec<Record>)]) -> HashSet<String> {
+    let mut done: Option<HashSet<String>> = None;
+    // Queries with no candidates, known from a JSONL: the TREC run cannot show them.
+    let empties: HashSet<&str> = scans
+        .iter()
+        .filter(|(k, _, _)| *k == OutputKind::Jsonl)
+        .flat_map(|(_, _, rs)| rs.iter().filter(|r| r.empty).map(|r| r.qid.as_str()))
+        .collect();
+    for (kind, _, records) in scans {
+        let mut here: HashSet<String> = records.iter().map(|r| r.qid.clone()).collect();
+        if *kind == OutputKind::Trec {
+            here.extend(empties.iter().map(|s| s.to_string()));
+        }
+        done = Some(match done {
+            None => here,
+            Some(d) => d.intersection(&here).cloned().collect(),
+        });
+    }
+    // With a TREC run alone, an empty query leaves no trace and is simply redone.
+    done.unwrap_or_default()
+}

@@ -1,0 +1,10 @@
+//! firstrank-models: the model side of firstrank, on candle. Loading LLMs
+//! (GGUF, Hugging Face safetensors), their tokenizers and chat templates,
+//! fetching the default models, and scoring listwise windows with them
+//! (FIRST single-token logits, or generated permutations).
+
+pub mod chat;
+pub mod fetch;
+pub mod first;
+pub mod gguf_tokenizer;
+pub mod transformer;

@@ -1,0 +1,762 @@
+//! Decoder-only transformer forward pass on candle tensors, for GGUF
+//! checkpoints of the `llama` (Llama, Mistral, SmolLM2) and `gemma3`
+//! architectures.
+//!
+//! Hand-written rather than taken from candle-transformers because FIRST needs
+//! things those models do not offer: the output of the last position only, an
+//! LM head restricted to a few rows (the identifier tokens), a KV cache that
+//! can be truncated back to a shared prompt prefix and extended, per-layer taps
+//! of the hidden state for debugging against the reference, and two weight
+//! modes ([`WeightMode::Quantized`] for speed, [`WeightMode::DequantizedF32`]
+//! for fidelity with the Python reference).
+//!
+//! Shapes inside are batch-free: activations are `[tokens, hidden]`.
+
+mod gemma3;
+mod llama;
+mod weights;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::quantized::gguf_file::Value;
+use candle_core::{DType, Device, Tensor, D};
+
+pub use weights::WeightMode;
+use weights::{GgufReader, Linear, RowMatrix};
+
+/// The GGUF `general.architecture` values this module can run.
+pub const SUPPORTED_ARCHS: &[&str] = &["llama", "gemma3"];
+
+/// Model family, which decides the block structure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Gemma3,
+}
+
+/// How rotary position embeddings pair up the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimensions `(2i, 2i+1)` form a pair (llama.cpp "normal" RoPE; goes with
+    /// the permuted q/k rows of llama GGUFs).
+    Interleaved,
+    /// Dimensions `(i, i + d/2)` form a pair (NeoX / Hugging Face `rotate_half`).
+    HalfSplit,
+}
+
+/// The gate activation of the gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU, tanh approximation (`gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// Per-layer attention settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerSpec {
+    /// `Some(w)`: a query at position `p` sees keys `k` with `p - k < w`.
+    pub sliding_window: Option<usize>,
+    pub rope_theta: f32,
+    /// Linear RoPE scaling factor (positions are divided by it); 1 = none.
+    pub rope_scale: f32,
+}
+
+/// Hyper-parameters of a loaded model (from the GGUF metadata, completed with
+/// the architecture's fixed values).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    /// `general.architecture` as found in the file.
+    pub arch_name: String,
+    pub n_layers: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub context_length: usize,
+    pub rms_eps: f64,
+    pub rope_style: RopeStyle,
+    /// RoPE base of the global (full-attention) layers.
+    pub rope_theta: f32,
+    /// RoPE base of the sliding-window layers, where they differ (Gemma 3).
+    pub rope_theta_local: Option<f32>,
+    pub sliding_window: Option<usize>,
+    pub layers: Vec<LayerSpec>,
+    /// Multiplier of `q·k` before the softmax.
+    pub attn_scale: f64,
+    /// Multiplier of the token embedding (Gemma: `sqrt(hidden)`).
+    pub embed_scale: Option<f32>,
+    pub activation: Activation,
+    /// Per-head RMSNorm of queries and keys (Gemma 3).
+    pub qk_norm: bool,
+    /// RMSNorm after attention and after the MLP, before the residual add (Gemma).
+    pub sandwich_norms: bool,
+    pub final_logit_softcap: Option<f64>,
+    pub attn_logit_softcap: Option<f64>,
+    /// The LM head is the token embedding (no `output.weight` in the file).
+    pub tied_embeddings: bool,
+}
+
+/// GGUF metadata under the architecture's key prefix; errors name the file.
+pub(crate) struct Meta<'a> {
+    pub path: &'a Path,
+    pub arch: &'a str,
+    md: &'a HashMap<String, Value>,
+    reader: &'a GgufReader<'a>,
+}
+
+impl Meta<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.md.get(&format!("{}.{key}", self.arch))
+    }
+
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        let Some(v) = self.get(key) else { return Ok(None) };
+        let n = match v {
+            Value::U8(x) => *x as u64,
+            Value::U16(x) => *x as u64,
+            Value::U32(x) => *x as u64,
+            Value::U64(x) => *x,
+            Value::I8(x) if *x >= 0 => *x as u64,
+            Value::I16(x) if *x >= 0 => *x as u64,
+            Value::I32(x) if *x >= 0 => *x as u64,
+            Value::I64(x) if *x >= 0 => *x as u64,
+            other => bail!(
+                "{}: metadata `{}.{key}` is {other:?}, expected a non-negative integer",
+                self.path.display(),
+                self.arch
+            ),
+        };
+        Ok(Some(n as usize))
+    }
+
+    fn req_usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?.with_context(|| {
+            format!("{}: metadata `{}.{key}` is missing", self.path.display(), self.arch)
+        })
+    }
+
+    fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
+        let Some(v) = self.get(key) else { return Ok(None) };
+        Ok(Some(match v {
+            Value::F32(x) => *x,
+            Value::F64(x) => *x as f32,
+            Value::U32(x) => *x as f32,
+            Value::I32(x) => *x as f32,
+            other => bail!(
+                "{}: metadata `{}.{key}` is {other:?}, expected a number",
+                self.path.display(),
+                self.arch
+            ),
+        }))
+    }
+
+    fn opt_str(&self, key: &str) -> Option<&str> {
+        match self.get(key) {
+            Some(Value::String(s)) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+
+    /// `rope.scaling.type` none/linear → the factor positions are divided by.
+    fn linear_rope_scale(&self) -> Result<f32> {
+        match self.opt_str("rope.scaling.type") {
+            None | Some("none") => Ok(1.0),
+            Some("linear") => Ok(self.opt_f32("rope.scaling.factor")?.unwrap_or(1.0)),
+            Some(other) => bail!(
+                "{}: RoPE scaling `{other}` is not supported (only none and linear)",
+                self.path.display()
+            ),
+        }
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.reader.has_tensor(name)
+    }
+
+    /// Vocabulary size: metadata, else the token embedding's row count.
+    fn vocab(&self) -> Result<usize> {
+        if let Some(v) = self.opt_usize("vocab_size")? {
+            return Ok(v);
+        }
+        let info = self.reader.content.tensor_infos.get("token_embd.weight").with_context(|| {
+            format!("{}: tensor `token_embd.weight` is missing", self.path.display())
+        })?;
+        Ok(info.shape.dims()[0])
+    }
+}
+
+struct Layer {
+    spec: LayerSpec,
+    /// Index into `CausalLm::rope_freqs`.
+    rope: usize,
+    attn_norm: Tensor,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    post_attn_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    post_ffn_norm: Option<Tensor>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Keys and values of the positions processed so far, per layer, plus the
+/// token ids they came from. Truncating it to a shared prefix lets the next
+/// prompt with that prefix skip recomputing it.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    /// Per layer `(k, v)`, each `[kv_heads, len, head_dim]`.
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    tokens: Vec<u32>,
+}
+
+impl KvCache {
+    /// An empty cache for `model`.
+    pub fn new(model: &CausalLm) -> Self {
+        Self { layers: vec![None; model.config.n_layers], tokens: Vec::new() }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The token ids of the cached positions.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// Keeps the first `len` positions (no-op if `len >= self.len()`).
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.tokens.len() {
+            return;
+        }
+        self.tokens.truncate(len);
+        for slot in &mut self.layers {
+            *slot = match slot.take() {
+                // Narrowing cannot fail: len is below the cached length.
+                Some((k, v)) if len > 0 => k.narrow(1, 0, len).ok().zip(v.narrow(1, 0, len).ok()),
+                _ => None,
+            };
+        }
+    }
+
+    /// Length of the longest common prefix of the cached tokens and `tokens`.
+    pub fn common_prefix_len(&self, tokens: &[u32]) -> usize {
+        self.tokens.iter().zip(tokens).take_while(|(a, b)| a == b).count()
+    }
+
+    /// Truncates the cache to its longest common prefix with `tokens`, keeping
+    /// at least one token of `tokens` uncached (so a forward pass over the rest
+    /// yields the last position). Returns how many positions were kept.
+    pub fn reuse_prefix(&mut self, tokens: &[u32]) -> usize {
+        let keep = self.common_prefix_len(tokens).min(tokens.len().saturating_sub(1));
+        self.truncate(keep);
+        keep
+    }
+}
+
+/// A causal language model loaded from a GGUF file.
+pub struct CausalLm {
+    config: ModelConfig,
+    mode: WeightMode,
+    device: Device,
+    embed: RowMatrix,
+    /// `None`: tied to `embed`.
+    output: Option<RowMatrix>,
+    final_norm: Tensor,
+    layers: Vec<Layer>,
+    /// Distinct RoPE inverse-frequency tables used by the layers.
+    rope_freqs: Vec<Vec<f32>>,
+    prefill_chunk: usize,
+    forward_calls: u64,
+}
+
+impl std::fmt::Debug for CausalLm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CausalLm")
+            .field("config", &self.config)
+            .field("mode", &self.mode)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CausalLm {
+    /// Loads a GGUF checkpoint. Errors name the file, and for an unsupported
+    /// architecture the architecture found and the supported ones.
+    pub fn load(path: impl AsRef<Path>, mode: WeightMode, device: &Device) -> Result<Self> {
+        let path = path.as_ref();
+        let mut reader = GgufReader::open(path, device)?;
+        let arch = match reader.content.metadata.get("general.architecture") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => bail!(
+                "{}: metadata `general.architecture` is {other:?}, expected a string",
+                path.display()
+            ),
+            None => bail!("{}: metadata `general.architecture` is missing", path.display()),
+        };
+        let config = {
+            let meta = Meta { path, arch: &arch, md: &reader.content.metadata, reader: &reader };
+            match arch.as_str() {
+                "llama" => llama::config(&meta)?,
+                "gemma3" => gemma3::config(&meta)?,
+                other => bail!(
+                    "{}: unsupported model architecture `{other}` (general.architecture); supported: {}",
+                    path.display(),
+                    SUPPORTED_ARCHS.join(", ")
+                ),
+            }
+        };
+        Self::from_reader(&mut reader, config, mode)
+    }
+
+    fn from_reader(r: &mut GgufReader<'_>, config: ModelConfig, mode: WeightMode) -> Result<Self> {
+        let c = &config;
+        ensure!(
+            c.n_heads > 0 && c.n_kv_heads > 0 && c.n_heads % c.n_kv_heads == 0,
+            "{}: head_count {} is not a multiple of head_count_kv {}",
+            r.path.display(),
+            c.n_heads,
+            c.n_kv_heads
+        );
+        ensure!(c.head_dim % 2 == 0, "{}: odd head_dim {}", r.path.display(), c.head_dim);
+        let (h, hd) = (c.hidden, c.head_dim);
+        let embed = r.rows("token_embd.weight", c.vocab, h, mode)?;
+        let output = if c.tied_embeddings {
+            None
+        } else {
+            Some(r.rows("output.weight", c.vocab, h, mode)?)
+        };
+        let final_norm = r.dense("output_norm.weight", &[h])?;
+        // Optional llama3-style per-frequency divisors.
+        let freq_factors = if r.has_tensor("rope_freqs.weight") {
+            Some(r.dense("rope_freqs.weight", &[hd / 2])?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        let mut rope_keys: Vec<(u32, u32)> = Vec::new();
+        let mut rope_freqs = Vec::new();
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for (i, spec) in c.layers.iter().enumerate() {
+            let key = (spec.rope_theta.to_bits(), spec.rope_scale.to_bits());
+            let rope = match rope_keys.iter().position(|k| *k == key) {
+                Some(p) => p,
+                None => {
+                    rope_keys.push(key);
+                    rope_freqs.push(inv_freqs(hd, spec.rope_theta, spec.rope_scale, freq_factors.as_deref()));
+                    rope_keys.len() - 1
+                }
+            };
+            let p = format!("blk.{i}");
+            let opt = |r: &mut GgufReader<'_>, on: bool, name: &str, n: usize| -> Result<Option<Tensor>> {
+                if on {
+                    Ok(Some(r.dense(&format!("{p}.{name}.weight"), &[n])?))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(Layer {
+                spec: spec.clone(),
+                rope,
+                attn_norm: r.dense(&format!("{p}.attn_norm.weight"), &[h])?,
+                wq: r.linear(&format!("{p}.attn_q.weight"), c.n_heads * hd, h, mode)?,
+                wk: r.linear(&format!("{p}.attn_k.weight"), c.n_kv_heads * hd, h, mode)?,
+                wv: r.linear(&format!("{p}.attn_v.weight"), c.n_kv_heads * hd, h, mode)?,
+                wo: r.linear(&format!("{p}.attn_output.weight"), h, c.n_heads * hd, mode)?,
+                q_norm: opt(r, c.qk_norm, "attn_q_norm", hd)?,
+                k_norm: opt(r, c.qk_norm, "attn_k_norm", hd)?,
+                post_attn_norm: opt(r, c.sandwich_norms, "post_attention_norm", h)?,
+                ffn_norm: r.dense(&format!("{p}.ffn_norm.weight"), &[h])?,
+                post_ffn_norm: opt(r, c.sandwich_norms, "post_ffw_norm", h)?,
+                gate: r.linear(&format!("{p}.ffn_gate.weight"), c.intermediate, h, mode)?,
+                up: r.linear(&format!("{p}.ffn_up.weight"), c.intermediate, h, mode)?,
+                down: r.linear(&format!("{p}.ffn_down.weight"), h, c.intermediate, mode)?,
+            });
+        }
+        Ok(Self {
+            config,
+            mode,
+            device: r.device.clone(),
+            embed,
+            output,
+            final_norm,
+            layers,
+            rope_freqs,
+            prefill_chunk: 512,
+            forward_calls: 0,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn weight_mode(&self) -> WeightMode {
+        self.mode
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Number of [`CausalLm::forward`] calls so far.
+    pub fn forward_calls(&self) -> u64 {
+        self.forward_calls
+    }
+
+    /// Positions processed together inside one forward call (bounds the
+    /// attention score memory); at least 1. Default 512.
+    pub fn set_prefill_chunk(&mut self, n: usize) {
+        self.prefill_chunk = n.max(1);
+    }
+
+    /// Runs `tokens` after the positions already in `cache` (appending their
+    /// keys and values to it) and returns the hidden state of the last
+    /// position after the final norm, `[hidden]`. With `taps`, the last
+    /// position's hidden state after the embedding (`embed` / `embed_scaled`),
+    /// after each layer (`layer{i}_out`) and after the final norm
+    /// (`final_norm`) is pushed.
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        mut taps: Option<&mut Vec<(String, Tensor)>>,
+    ) -> Result<Tensor> {
+        self.forward_calls += 1;
+        ensure!(!tokens.is_empty(), "forward called with no tokens");
+        ensure!(
+            cache.layers.len() == self.layers.len(),
+            "KV cache has {} layers but the model has {}",
+            cache.layers.len(),
+            self.layers.len()
+        );
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+            bail!("token id {bad} is out of range for a vocabulary of {}", self.config.vocab);
+        }
+        let total = cache.len() + tokens.len();
+        ensure!(
+            total <= self.config.context_length,
+            "{total} positions exceed the model's context length {}",
+            self.config.context_length
+        );
+        let n_chunks = tokens.len().div_ceil(self.prefill_chunk);
+        let mut last = None;
+        for (ci, chunk) in tokens.chunks(self.prefill_chunk).enumerate() {
+            let t = if ci + 1 == n_chunks { taps.as_deref_mut() } else { None };
+            last = Some(self.forward_chunk(chunk, cache, t)?);
+        }
+        last.context("no chunk processed")
+    }
+
+    fn forward_chunk(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        mut taps: Option<&mut Vec<(String, Tensor)>>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let dev = &self.device;
+        let offset = cache.len();
+        let s = tokens.len();
+        let ids = Tensor::new(tokens, dev)?;
+        let mut x = self.embed.rows(&ids)?;
+        let mut tap = |name: &str, x: &Tensor| -> Result<()> {
+            if let Some(t) = taps.as_deref_mut() {
+                t.push((name.to_string(), x.get(x.dim(0)? - 1)?));
+            }
+            Ok(())
+        };
+        if let Some(scale) = c.embed_scale {
+            x = (x * f64::from(scale))?;
+            tap("embed_scaled", &x)?;
+        } else {
+            tap("embed", &x)?;
+        }
+        // RoPE tables for this chunk's positions, one per distinct frequency set.
+        let ropes = self
+            .rope_freqs
+            .iter()
+            .map(|f| rope_tables(f, offset, s, dev))
+            .collect::<Result<Vec<_>>>()?;
+        // Masks per distinct window: (first key kept, [s, keys] additive mask).
+        let mut masks: Vec<(Option<usize>, usize, Tensor)> = Vec::new();
+        for layer in &self.layers {
+            let w = layer.spec.sliding_window;
+            if !masks.iter().any(|(mw, _, _)| *mw == w) {
+                let (k0, m) = attention_mask(offset, s, w, dev)?;
+                masks.push((w, k0, m));
+            }
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (_, k0, mask) = masks
+                .iter()
+                .find(|(w, _, _)| *w == layer.spec.sliding_window)
+                .context("mask")?;
+            let (cos, sin) = &ropes[layer.rope];
+            let resid = &x;
+            let h = rms_norm(&x, &layer.attn_norm, c.rms_eps)?;
+            let mut a = self.attention(layer, &h, &mut cache.layers[i], cos, sin, *k0, mask)?;
+            if let Some(n) = &layer.post_attn_norm {
+                a = rms_norm(&a, n, c.rms_eps)?;
+            }
+            let x1 = (resid + a)?;
+            let h = rms_norm(&x1, &layer.ffn_norm, c.rms_eps)?;
+            let gate = layer.gate.forward(&h)?;
+            let gate = match c.activation {
+                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            let mut m = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            if let Some(n) = &layer.post_ffn_norm {
+                m = rms_norm(&m, n, c.rms_eps)?;
+            }
+            x = (x1 + m)?;
+            tap(&format!("layer{i}_out"), &x)?;
+        }
+        cache.tokens.extend_from_slice(tokens);
+        let last = x.narrow(0, s - 1, 1)?;
+        let out = rms_norm(&last, &self.final_norm, c.rms_eps)?.reshape(c.hidden)?;
+        if let Some(t) = taps.as_deref_mut() {
+            t.push(("final_norm".to_string(), out.clone()));
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        slot: &mut Option<(Tensor, Tensor)>,
+        cos: &Tensor,
+        sin: &Tensor,
+        k0: usize,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (s, hd, nh, nkv) = (x.dim(0)?, c.head_dim, c.n_heads, c.n_kv_heads);
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((s, n, hd))?.transpose(0, 1)?.contiguous()?)
+        };
+        let mut q = heads(layer.wq.forward(x)?, nh)?;
+        let mut k = heads(layer.wk.forward(x)?, nkv)?;
+        let v = heads(layer.wv.forward(x)?, nkv)?;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = rms_norm(&q, qn, c.rms_eps)?;
+            k = rms_norm(&k, kn, c.rms_eps)?;
+        }
+        let rope = |t: &Tensor| -> Result<Tensor> {
+            let t4 = t.unsqueeze(0)?;
+            let r = match c.rope_style {
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&t4, cos, sin)?,
+                RopeStyle::HalfSplit => candle_nn::rotary_emb::rope(&t4, cos, sin)?,
+            };
+            Ok(r.squeeze(0)?)
+        };
+        let q = rope(&q)?;
+        let k = rope(&k)?;
+        let (k_all, v_all) = match slot.take() {
+            Some((kc, vc)) => (Tensor::cat(&[&kc, &k], 1)?, Tensor::cat(&[&vc, &v], 1)?),
+            None => (k, v),
+        };
+        *slot = Some((k_all.clone(), v_all.clone()));
+        let total = k_all.dim(1)?;
+        let (k_use, v_use) = if k0 > 0 {
+            (k_all.narrow(1, k0, total - k0)?, v_all.narrow(1, k0, total - k0)?)
+        } else {
+            (k_all, v_all)
+        };
+        let tk = total - k0;
+        let group = nh / nkv;
+        // Query heads of one kv head are adjacent: [nkv, group*s, hd].
+        let q = q.reshape((nkv, group * s, hd))?;
+        let mut scores = (q.matmul(&k_use.t()?)? * c.attn_scale)?;
+        if let Some(cap) = c.attn_logit_softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        let scores = scores.reshape((nkv, group, s, tk))?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((nkv, group * s, tk))?;
+        let out = probs.matmul(&v_use.contiguous()?)?;
+        let out = out.reshape((nh, s, hd))?.transpose(0, 1)?.reshape((s, nh * hd))?;
+        layer.wo.forward(&out)
+    }
+
+    fn head(&self) -> &RowMatrix {
+        self.output.as_ref().unwrap_or(&self.embed)
+    }
+
+    fn softcap(&self, logits: Tensor) -> Result<Tensor> {
+        Ok(match self.config.final_logit_softcap {
+            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            None => logits,
+        })
+    }
+
+    /// Next-token logits of `token_ids` only, from a final hidden state
+    /// `[hidden]` (as returned by [`CausalLm::forward`]): gathers just those
+    /// rows of the LM head.
+    pub fn logits_for(&self, hidden: &Tensor, token_ids: &[u32]) -> Result<Vec<f32>> {
+        if token_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(&bad) = token_ids.iter().find(|&&t| t as usize >= self.config.vocab) {
+            bail!("token id {bad} is out of range for a vocabulary of {}", self.config.vocab);
+        }
+        let ids = Tensor::new(token_ids, &self.device)?;
+        let rows = self.head().rows(&ids)?;
+        let h = hidden.to_dtype(DType::F32)?.reshape((self.config.hidden, 1))?;
+        let logits = rows.matmul(&h)?.squeeze(1)?;
+        Ok(self.softcap(logits)?.to_vec1::<f32>()?)
+    }
+
+    /// The full-vocabulary next-token logits from a final hidden state.
+    pub fn full_logits(&self, hidden: &Tensor) -> Result<Vec<f32>> {
+        let h = hidden.to_dtype(DType::F32)?.reshape((1, self.config.hidden))?;
+        let logits = self.head().project_all(&h)?.squeeze(0)?;
+        Ok(self.softcap(logits)?.to_vec1::<f32>()?)
+    }
+}
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * w`.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?)
+}
+
+/// Inverse frequencies `1 / (theta^(2i/d) · scale · factor_i)`, in f32 like
+/// the reference.
+fn inv_freqs(head_dim: usize, theta: f32, scale: f32, factors: Option<&[f32]>) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let e = (2 * i) as f32 / head_dim as f32;
+            let mut f = 1.0f32 / theta.powf(e);
+            if scale != 1.0 {
+                f /= scale;
+            }
+            if let Some(fs) = factors {
+                f /= fs[i];
+            }
+            f
+        })
+        .collect()
+}
+
+/// `cos`/`sin` of `pos · inv_freq` for positions `offset..offset+n`, each
+/// `[n, d/2]`.
+fn rope_tables(inv: &[f32], offset: usize, n: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
+    let half = inv.len();
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in offset..offset + n {
+        let pf = p as f32;
+        for &f in inv {
+            let a = f * pf;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    Ok((Tensor::from_vec(cos, (n, half), dev)?, Tensor::from_vec(sin, (n, half), dev)?))
+}
+
+/// Causal (and sliding-window) additive mask for queries at absolute
+/// positions `offset..offset+s`. Keys before the returned first index are
+/// outside every query's window and are left out; the mask is
+/// `[s, offset + s - k0]`.
+fn attention_mask(
+    offset: usize,
+    s: usize,
+    window: Option<usize>,
+    dev: &Device,
+) -> Result<(usize, Tensor)> {
+    let total = offset + s;
+    let k0 = match window {
+        Some(w) => (offset + 1).saturating_sub(w),
+        None => 0,
+    };
+    let tk = total - k0;
+    let mut m = vec![0f32; s * tk];
+    for i in 0..s {
+        let p = offset + i;
+        for (j, slot) in m[i * tk..(i + 1) * tk].iter_mut().enumerate() {
+            let k = k0 + j;
+            let visible = k <= p && window.is_none_or(|w| p - k < w);
+            if !visible {
+                *slot = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Ok((k0, Tensor::from_vec(m, (s, tk), dev)?))
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax(values: &[f32]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (i, v) in values.iter().enumerate() {
+        if best.is_none_or(|b| *v > values[b]) {
+            best = Some(i);
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sliding_mask_matches_q_minus_k_below_window() {
+        // 6 positions, window 3, queries 4 and 5 after 4 cached positions.
+        let (k0, m) = attention_mask(4, 2, Some(3), &Device::Cpu).unwrap();
+        assert_eq!(k0, 2);
+        let m = m.to_vec2::<f32>().unwrap();
+        // query 4 sees keys 2,3,4; query 5 sees 3,4,5.
+        let vis: Vec<Vec<bool>> = m.iter().map(|r| r.iter().map(|v| *v == 0.0).collect()).collect();
+        assert_eq!(vis, vec![vec![true, true, true, false], vec![false, true, true, true]]);
+        let (k0, m) = attention_mask(0, 3, None, &Device::Cpu).unwrap();
+        assert_eq!(k0, 0);
+        let m = m.to_vec2::<f32>().unwrap();
+        assert_eq!(m[0][1], f32::NEG_INFINITY);
+        assert_eq!(m[2][0], 0.0);
+    }
+
+    #[test]
+    fn inv_freqs_first_is_one() {
+        let f = inv_freqs(64, 100_000.0, 1.0, None);
+        assert_eq!(f.len(), 32);
+        assert_eq!(f[0], 1.0);
+        assert!((f[1] - 100_000f32.powf(-2.0 / 64.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cache_prefix_reuse_keeps_one_token() {
+        let kv = Tensor::arange(0f32, 6., &Device::Cpu).unwrap().reshape((1, 3, 2)).unwrap();
+        let mut c = KvCache { layers: vec![Some((kv.clone(), kv))], tokens: vec![1, 2, 3] };
+        assert_eq!(c.common_prefix_len(&[1, 2, 4]), 2);
+        // Identical prompt: one token must stay uncached.
+        assert_eq!(c.clone().reuse_prefix(&[1, 2, 3]), 2);
+        assert_eq!(c.reuse_prefix(&[1, 9]), 1);
+        assert_eq!(c.tokens(), &[1]);
+        let (k, _) = c.layers[0].as_ref().unwrap();
+        assert_eq!(k.to_vec3::<f32>().unwrap(), vec![vec![vec![0.0, 1.0]]]);
+        c.clear();
+        assert!(c.is_empty() && c.layers[0].is_none());
+    }
+}
