@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use firstrank_core::formats::{detect_format, open_requests, read_trec_run, InputFormat, InputSpec};
+use firstrank_core::formats::{
+    detect_format, open_requests, read_trec_run, InputFormat, InputSpec,
+};
 use firstrank_core::metrics::{evaluate, EvalConfig, Evaluation, Metric, Run};
 use firstrank_core::qrels::Qrels;
 use firstrank_core::significance::{paired_t_test, randomization_test};
@@ -71,9 +73,17 @@ pub fn load_run(path: &Path) -> Result<Run> {
     let mut run = Run::new();
     for request in open_requests(&InputSpec::Auto(path.to_path_buf()))? {
         let request = request?;
-        let list = request.candidates.into_iter().map(|c| (c.docid, c.score)).collect();
+        let list = request
+            .candidates
+            .into_iter()
+            .map(|c| (c.docid, c.score))
+            .collect();
         if run.insert(request.query.qid.clone(), list).is_some() {
-            bail!("{}: query {} appears twice", path.display(), request.query.qid);
+            bail!(
+                "{}: query {} appears twice",
+                path.display(),
+                request.query.qid
+            );
         }
     }
     Ok(run)
@@ -93,7 +103,8 @@ fn config(args: &EvalArgs) -> EvalConfig {
 
 fn evaluate_file(path: &Path, qrels: &Qrels, cfg: &EvalConfig) -> Result<Evaluation> {
     let run = load_run(path)?;
-    let eval = evaluate(&run, qrels, cfg).with_context(|| format!("evaluating {}", path.display()))?;
+    let eval =
+        evaluate(&run, qrels, cfg).with_context(|| format!("evaluating {}", path.display()))?;
     if eval.num_queries == 0 {
         bail!(
             "{}: no query of the run has judgments in the qrels (are the qids the same?)",
@@ -114,7 +125,10 @@ pub fn run(args: EvalArgs, _quiet: bool) -> Result<()> {
         all.push((path.clone(), evaluate_file(path, &qrels, &cfg)?));
     }
     if args.json {
-        let value: Vec<_> = all.iter().map(|(p, e)| eval_json(p, e, args.per_query)).collect();
+        let value: Vec<_> = all
+            .iter()
+            .map(|(p, e)| eval_json(p, e, args.per_query))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else if args.trec_eval_format {
         for (path, e) in &all {
@@ -146,8 +160,12 @@ fn eval_json(path: &Path, e: &Evaluation, per_query: bool) -> serde_json::Value 
             .per_query
             .iter()
             .map(|(q, vals)| {
-                let m: serde_json::Map<_, _> =
-                    e.metrics.iter().zip(vals).map(|(m, v)| (m.to_string(), serde_json::json!(v))).collect();
+                let m: serde_json::Map<_, _> = e
+                    .metrics
+                    .iter()
+                    .zip(vals)
+                    .map(|(m, v)| (m.to_string(), serde_json::json!(v)))
+                    .collect();
                 (q.clone(), serde_json::Value::Object(m))
             })
             .collect();
@@ -158,7 +176,10 @@ fn eval_json(path: &Path, e: &Evaluation, per_query: bool) -> serde_json::Value 
 
 fn print_table(all: &[(PathBuf, Evaluation)], per_query: bool) {
     let metrics = &all[0].1.metrics;
-    let header: Vec<String> = metrics.iter().map(|m| format!("{:>8}", m.to_string())).collect();
+    let header: Vec<String> = metrics
+        .iter()
+        .map(|m| format!("{:>8}", m.to_string()))
+        .collect();
     for (path, e) in all {
         println!("{}  ({} queries)", path.display(), e.num_queries);
         println!("{:<12}{}", "qid", header.join(" "));
@@ -182,7 +203,13 @@ fn compare(args: &EvalArgs, qrels: &Qrels, cfg: &EvalConfig, a: &Path, b: &Path)
         // Differences are B - A: positive means B is better.
         let t = paired_t_test(&vb, &va)?;
         let p_rand = randomization_test(&vb, &va, args.trials, args.seed)?;
-        rows.push((metric, ea.mean_of(metric).unwrap_or(f64::NAN), eb.mean_of(metric).unwrap_or(f64::NAN), t, p_rand));
+        rows.push((
+            metric,
+            ea.mean_of(metric).unwrap_or(f64::NAN),
+            eb.mean_of(metric).unwrap_or(f64::NAN),
+            t,
+            p_rand,
+        ));
     }
     if args.json {
         let value: Vec<_> = rows
@@ -204,8 +231,16 @@ fn compare(args: &EvalArgs, qrels: &Qrels, cfg: &EvalConfig, a: &Path, b: &Path)
         );
         return Ok(());
     }
-    println!("A: {}\nB: {}\n{} queries, paired two-sided tests of B - A", a.display(), b.display(), ea.num_queries);
-    println!("{:<10}{:>8}{:>8}{:>9}{:>9}{:>10}{:>10}", "metric", "A", "B", "B-A", "t", "p(t)", "p(rand)");
+    println!(
+        "A: {}\nB: {}\n{} queries, paired two-sided tests of B - A",
+        a.display(),
+        b.display(),
+        ea.num_queries
+    );
+    println!(
+        "{:<10}{:>8}{:>8}{:>9}{:>9}{:>10}{:>10}",
+        "metric", "A", "B", "B-A", "t", "p(t)", "p(rand)"
+    );
     for (m, ma, mb, t, pr) in rows {
         let mark = if t.p_value < 0.05 { " *" } else { "" };
         println!(

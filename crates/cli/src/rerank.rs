@@ -5,8 +5,9 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
+use firstrank_core::formats::output::partial_path;
 use firstrank_core::formats::{open_requests, read_trec_run, InputSpec, OutputConfig, OutputSink};
 use firstrank_core::metrics::{evaluate, EvalConfig, Metric};
 use firstrank_core::qrels::Qrels;
@@ -50,7 +51,12 @@ pub struct RerankArgs {
     #[arg(long, value_name = "FILE", requires = "topics")]
     pub corpus: Option<PathBuf>,
     /// TREC run to write (`qid Q0 docid rank score tag`; scores strictly decrease with rank).
-    #[arg(long, short, value_name = "FILE", required_unless_present = "output_jsonl")]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        required_unless_present = "output_jsonl"
+    )]
     pub output: Option<PathBuf>,
     /// rank_llm-style JSONL result: reordered candidates with raw model scores and every window's scores.
     #[arg(long, value_name = "FILE")]
@@ -143,7 +149,9 @@ fn count_queries_in_background(spec: InputSpec, bar: indicatif::ProgressBar, lim
     std::thread::spawn(move || {
         let total = match &spec {
             InputSpec::RunWithTexts { run, .. } => read_trec_run(run).map(|r| r.len()).ok(),
-            InputSpec::Auto(_) => open_requests(&spec).ok().map(|it| it.take_while(|r| r.is_ok()).count()),
+            InputSpec::Auto(_) => open_requests(&spec)
+                .ok()
+                .map(|it| it.take_while(|r| r.is_ok()).count()),
         };
         if let Some(n) = total {
             bar.set_length(limit.map_or(n, |l| l.min(n)) as u64);
@@ -173,19 +181,23 @@ pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
     let mut seen = HashSet::new();
     let mut batch: Vec<Request> = Vec::new();
 
-    let mut flush = |batch: &mut Vec<Request>, sink: &mut OutputSink| -> Result<usize> {
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        let outcomes = rerank_batch(scorer.as_mut(), &strategy, std::mem::take(batch))?;
-        let mut n_windows = 0;
-        for outcome in &outcomes {
-            sink.write(outcome)?;
-            n_windows += outcome.windows.len();
-            bar.inc(1);
-        }
-        Ok(n_windows)
-    };
+    // Reranks the batch and writes it; returns the number of windows scored.
+    let mut written = 0usize;
+    let mut flush =
+        |batch: &mut Vec<Request>, sink: &mut OutputSink, written: &mut usize| -> Result<usize> {
+            if batch.is_empty() {
+                return Ok(0);
+            }
+            let outcomes = rerank_batch(scorer.as_mut(), &strategy, std::mem::take(batch))?;
+            let mut n_windows = 0;
+            for outcome in &outcomes {
+                sink.write(outcome)?;
+                *written += 1;
+                n_windows += outcome.windows.len();
+                bar.inc(1);
+            }
+            Ok(n_windows)
+        };
 
     let result: Result<()> = (|| {
         for (i, request) in requests.enumerate() {
@@ -207,24 +219,32 @@ pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
             }
             batch.push(request);
             if batch.len() >= args.batch_queries as usize {
-                windows += flush(&mut batch, &mut sink)?;
+                windows += flush(&mut batch, &mut sink, &mut written)?;
             }
             reranked += 1;
         }
-        windows += flush(&mut batch, &mut sink)?;
+        windows += flush(&mut batch, &mut sink, &mut written)?;
         Ok(())
     })();
     bar.finish_and_clear();
     if let Err(err) = result {
-        let progress: Vec<String> = [&args.output, &args.output_jsonl]
+        drop(sink);
+        let partials: Vec<PathBuf> = [&args.output, &args.output_jsonl]
             .into_iter()
             .flatten()
-            .map(|p| firstrank_core::formats::output::partial_path(p).display().to_string())
+            .map(|p| partial_path(p))
             .collect();
-        return Err(err.context(format!(
-            "reranking stopped; no output was written. Finished queries are kept in {} (rerun with --resume to continue)",
-            progress.join(" and ")
-        )));
+        if written == 0 && skipped == 0 {
+            for p in &partials {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(anyhow!("{err:#}\n(no output was written)"));
+        }
+        let names: Vec<String> = partials.iter().map(|p| p.display().to_string()).collect();
+        return Err(anyhow!(
+            "{err:#}\n(no output was written; the queries finished so far are kept in {}: fix the input and rerun with --resume to continue)",
+            names.join(" and ")
+        ));
     }
     sink.finish()?;
     let secs = started.elapsed().as_secs_f64();
@@ -232,7 +252,11 @@ pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
         eprintln!(
             "reranked {reranked} queries ({windows} windows) in {secs:.1}s ({:.1} queries/s){}",
             reranked as f64 / secs.max(1e-9),
-            if skipped > 0 { format!(", {skipped} already done") } else { String::new() }
+            if skipped > 0 {
+                format!(", {skipped} already done")
+            } else {
+                String::new()
+            }
         );
     }
     if args.eval {

@@ -20,7 +20,11 @@ fn shared() -> Option<PathBuf> {
 }
 
 fn firstrank(args: &[&str]) -> Output {
-    Command::cargo_bin("firstrank").unwrap().args(args).output().unwrap()
+    Command::cargo_bin("firstrank")
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -36,7 +40,8 @@ fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| {
             let cols: Vec<&str> = l.split('\t').collect();
-            (cols.len() == 3 && cols[0].trim() == name && cols[1] == "all").then(|| cols[2].parse().unwrap())
+            (cols.len() == 3 && cols[0].trim() == name && cols[1] == "all")
+                .then(|| cols[2].parse().unwrap())
         })
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
@@ -88,7 +93,13 @@ fn oracle_sliding_window_reaches_the_ideal_reordering_of_the_top_100() {
             p(&data.join("qrels.txt")),
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
-        let e = firstrank(&["eval", "--trec-eval-format", "--qrels", p(&data.join("qrels.txt")), p(&out)]);
+        let e = firstrank(&[
+            "eval",
+            "--trec-eval-format",
+            "--qrels",
+            p(&data.join("qrels.txt")),
+            p(&out),
+        ]);
         assert!(e.status.success(), "{}", stderr(&e));
         let ndcg = metric(&stdout(&e), "ndcg_cut_10");
         assert_eq!(format!("{ndcg:.4}"), format!("{ideal:.4}"), "{set}");
@@ -100,7 +111,10 @@ fn oracle_sliding_window_reaches_the_ideal_reordering_of_the_top_100() {
             p(&data.join("qrels.txt")),
             p(&data.join("bm25-top100.json")),
         ]);
-        assert_eq!(metric(&stdout(&e), "recall_100"), metric(&stdout(&bm25), "recall_100"));
+        assert_eq!(
+            metric(&stdout(&e), "recall_100"),
+            metric(&stdout(&bm25), "recall_100")
+        );
         // 9 windows per query of 100 candidates, each recorded in the JSONL.
         let text = std::fs::read_to_string(&jsonl).unwrap();
         for line in text.lines() {
@@ -128,7 +142,12 @@ fn compare_reports_a_paired_test() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["num_queries"], 43);
-    let ndcg = v["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "nDCG@10").unwrap();
+    let ndcg = v["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "nDCG@10")
+        .unwrap();
     assert!((ndcg["a"].as_f64().unwrap() - 0.5058).abs() < 5e-5);
     // SPLADE++ is far stronger than BM25 on DL19: significant either way.
     assert!(ndcg["diff"].as_f64().unwrap() > 0.1);
@@ -145,12 +164,33 @@ const GOOD_QUERY: &str = r#"{"query": {"text": "q one", "qid": "1"}, "candidates
 /// Runs `rerank` on `input` and checks it fails, names `needle`, and leaves no output.
 fn assert_rejected(dir: &Path, input: &Path, needle: &str) {
     let out = dir.join("out.trec");
-    let o = firstrank(&["rerank", "-q", "--input", p(input), "--output", p(&out), "--diagnostic-scorer", "reverse"]);
-    assert!(!o.status.success(), "accepted bad input {}", input.display());
+    let o = firstrank(&[
+        "rerank",
+        "-q",
+        "--input",
+        p(input),
+        "--output",
+        p(&out),
+        "--diagnostic-scorer",
+        "reverse",
+    ]);
+    assert!(
+        !o.status.success(),
+        "accepted bad input {}",
+        input.display()
+    );
     let err = stderr(&o);
-    assert!(err.contains(needle), "error for {} does not mention {needle:?}:\n{err}", input.display());
+    assert!(
+        err.contains(needle),
+        "error for {} does not mention {needle:?}:\n{err}",
+        input.display()
+    );
     assert!(!err.contains("panicked"), "{err}");
-    assert!(!out.exists(), "half-written output left for {}", input.display());
+    assert!(
+        !out.exists(),
+        "half-written output left for {}",
+        input.display()
+    );
 }
 
 #[test]
@@ -159,7 +199,13 @@ fn bad_inputs_exit_non_zero_naming_the_place_and_write_nothing() {
     let d = tmp.path();
 
     let f = d.join("malformed.jsonl");
-    write(&f, format!("{GOOD_QUERY}\n{{\"query\": {{\"text\": \"x\", \"qid\": \"2\"}}, \"candidates\": [\n").as_bytes());
+    write(
+        &f,
+        format!(
+            "{GOOD_QUERY}\n{{\"query\": {{\"text\": \"x\", \"qid\": \"2\"}}, \"candidates\": [\n"
+        )
+        .as_bytes(),
+    );
     assert_rejected(d, &f, "line 2");
 
     let f = d.join("missing.jsonl");
@@ -172,7 +218,9 @@ fn bad_inputs_exit_non_zero_naming_the_place_and_write_nothing() {
 
     let f = d.join("utf8.jsonl");
     let mut bytes = format!("{GOOD_QUERY}\n").into_bytes();
-    bytes.extend_from_slice(b"{\"query\": {\"text\": \"bad \xff\xfe\", \"qid\": \"2\"}, \"candidates\": []}\n");
+    bytes.extend_from_slice(
+        b"{\"query\": {\"text\": \"bad \xff\xfe\", \"qid\": \"2\"}, \"candidates\": []}\n",
+    );
     write(&f, &bytes);
     assert_rejected(d, &f, "UTF-8");
 
@@ -188,8 +236,18 @@ fn bad_inputs_exit_non_zero_naming_the_place_and_write_nothing() {
     write(&corpus, b"a\talpha\nb\tbeta\n");
     let out = d.join("out.trec");
     let o = firstrank(&[
-        "rerank", "-q", "--input", p(&f), "--topics", p(&topics), "--corpus", p(&corpus), "--output", p(&out),
-        "--diagnostic-scorer", "reverse",
+        "rerank",
+        "-q",
+        "--input",
+        p(&f),
+        "--topics",
+        p(&topics),
+        "--corpus",
+        p(&corpus),
+        "--output",
+        p(&out),
+        "--diagnostic-scorer",
+        "reverse",
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
@@ -207,12 +265,36 @@ fn bad_inputs_exit_non_zero_naming_the_place_and_write_nothing() {
     // An oracle without qrels, a stride larger than the window: clear errors.
     let good = d.join("good.jsonl");
     write(&good, format!("{GOOD_QUERY}\n").as_bytes());
-    let o = firstrank(&["rerank", "--input", p(&good), "--output", p(&out), "--diagnostic-scorer", "oracle"]);
-    assert!(!o.status.success() && stderr(&o).contains("--qrels"), "{}", stderr(&o));
     let o = firstrank(&[
-        "rerank", "--input", p(&good), "--output", p(&out), "--diagnostic-scorer", "reverse", "--stride", "30",
+        "rerank",
+        "--input",
+        p(&good),
+        "--output",
+        p(&out),
+        "--diagnostic-scorer",
+        "oracle",
     ]);
-    assert!(!o.status.success() && stderr(&o).contains("stride"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("--qrels"),
+        "{}",
+        stderr(&o)
+    );
+    let o = firstrank(&[
+        "rerank",
+        "--input",
+        p(&good),
+        "--output",
+        p(&out),
+        "--diagnostic-scorer",
+        "reverse",
+        "--stride",
+        "30",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("stride"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!out.exists());
 }
 
@@ -230,13 +312,31 @@ fn edge_cases_one_candidate_empty_list_duplicates_and_a_1mb_passage() {
     ];
     write(&input, (lines.join("\n") + "\n").as_bytes());
     let out = d.join("out.trec");
-    let o = firstrank(&["rerank", "-q", "--input", p(&input), "--output", p(&out), "--diagnostic-scorer", "reverse"]);
+    let o = firstrank(&[
+        "rerank",
+        "-q",
+        "--input",
+        p(&input),
+        "--output",
+        p(&out),
+        "--diagnostic-scorer",
+        "reverse",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let run = std::fs::read_to_string(&out).unwrap();
     let rows: Vec<Vec<&str>> = run.lines().map(|l| l.split(' ').collect()).collect();
     // q1: one candidate; q2: nothing; q3: duplicate `a` dropped, [a, b] reversed; q4 reversed.
     let got: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[2])).collect();
-    assert_eq!(got, vec![("1", "a"), ("3", "b"), ("3", "a"), ("4", "small"), ("4", "big")]);
+    assert_eq!(
+        got,
+        vec![
+            ("1", "a"),
+            ("3", "b"),
+            ("3", "a"),
+            ("4", "small"),
+            ("4", "big")
+        ]
+    );
 }
 
 #[test]
@@ -245,8 +345,10 @@ fn resume_after_a_failure_continues_and_matches_a_clean_run() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     // Take 5 DL19 queries as request JSONL, and a copy whose 4th line is broken.
-    let all: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(s.join("data/dl19/bm25-top100.json")).unwrap()).unwrap();
+    let all: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(s.join("data/dl19/bm25-top100.json")).unwrap(),
+    )
+    .unwrap();
     let lines: Vec<String> = all[..5]
         .iter()
         .map(|q| {
@@ -270,8 +372,18 @@ fn resume_after_a_failure_continues_and_matches_a_clean_run() {
     let qrels = s.join("data/dl19/qrels.txt");
     let run = |input: &Path, out: &Path, jsonl: &Path, resume: bool| {
         let mut args = vec![
-            "rerank", "-q", "--input", p(input), "--output", p(out), "--output-jsonl", p(jsonl),
-            "--diagnostic-scorer", "oracle", "--qrels", p(&qrels),
+            "rerank",
+            "-q",
+            "--input",
+            p(input),
+            "--output",
+            p(out),
+            "--output-jsonl",
+            p(jsonl),
+            "--diagnostic-scorer",
+            "oracle",
+            "--qrels",
+            p(&qrels),
         ];
         if resume {
             args.push("--resume");
@@ -279,7 +391,9 @@ fn resume_after_a_failure_continues_and_matches_a_clean_run() {
         firstrank(&args)
     };
     let (clean_trec, clean_jsonl) = (d.join("clean.trec"), d.join("clean.jsonl"));
-    assert!(run(&good, &clean_trec, &clean_jsonl, false).status.success());
+    assert!(run(&good, &clean_trec, &clean_jsonl, false)
+        .status
+        .success());
 
     let (out, jsonl) = (d.join("out.trec"), d.join("out.jsonl"));
     let o = run(&broken, &out, &jsonl, false);
@@ -287,12 +401,22 @@ fn resume_after_a_failure_continues_and_matches_a_clean_run() {
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
     assert!(!out.exists() && !jsonl.exists());
     let partial = std::fs::read_to_string(d.join("out.jsonl.partial")).unwrap();
-    assert_eq!(partial.lines().count(), 3, "the three queries before the broken line are kept");
+    assert_eq!(
+        partial.lines().count(),
+        3,
+        "the three queries before the broken line are kept"
+    );
 
     let o = run(&good, &out, &jsonl, true);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&clean_trec).unwrap());
-    assert_eq!(std::fs::read(&jsonl).unwrap(), std::fs::read(&clean_jsonl).unwrap());
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&clean_trec).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(&jsonl).unwrap(),
+        std::fs::read(&clean_jsonl).unwrap()
+    );
     assert!(!d.join("out.jsonl.partial").exists());
 }
 

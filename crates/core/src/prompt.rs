@@ -266,9 +266,12 @@ fn placeholders(template: &str) -> std::result::Result<Vec<String>, String> {
 }
 
 /// Fills placeholders in one pass (values are never re-scanned, so a query
-/// containing `{passage}` stays literal).
+/// containing `{passage}` stays literal). Loaded templates are validated;
+/// for one built in code, unknown placeholders and stray braces stay as text.
 fn fill(template: &str, values: &[(&str, &str)]) -> String {
-    let pieces = parse_pieces(template).expect("templates are validated on load");
+    let Ok(pieces) = parse_pieces(template) else {
+        return template.to_string();
+    };
     let mut out = String::with_capacity(template.len() + 64);
     for p in pieces {
         match p {
@@ -276,7 +279,11 @@ fn fill(template: &str, values: &[(&str, &str)]) -> String {
             Piece::Brace(c) => out.push(c),
             Piece::Placeholder(name) => match values.iter().find(|(k, _)| *k == name) {
                 Some((_, v)) => out.push_str(v),
-                None => unreachable!("placeholder {{{name}}} passed validation"),
+                None => {
+                    out.push('{');
+                    out.push_str(name);
+                    out.push('}');
+                }
             },
         }
     }
@@ -442,8 +449,8 @@ pub fn prepare_passage(
     Ok(content)
 }
 
-/// Renders a prompt from passages already prepared (no further processing,
-/// except `[digits]` in the query when `options` asks for it).
+/// Renders a prompt from passages already prepared (no further processing);
+/// the query gets ftfy and the `[digits]` rewrite when `options` ask for them.
 pub fn render(
     query: &str,
     passages: &[String],
@@ -460,11 +467,16 @@ pub fn render(
         }
     }
     let identifiers = template.identifiers.identifiers(n)?;
-    let query = if options.replace_bracket_numbers {
-        replace_bracket_numbers(query)
+    // rank_llm runs ftfy over the whole chat prompt before counting it, which
+    // also repairs the query; passages were repaired one by one already.
+    let mut query = if options.fix_text {
+        textfix::fix_text(query)
     } else {
         query.to_string()
     };
+    if options.replace_bracket_numbers {
+        query = replace_bracket_numbers(&query);
+    }
     let num = n.to_string();
     let outer = [("num", num.as_str()), ("query", query.as_str())];
     let mut user = fill(&template.prefix, &outer);

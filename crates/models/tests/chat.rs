@@ -41,7 +41,9 @@ fn check(model: &str, fixture: &str) {
         return;
     };
     let Some(path) = model_path(model) else {
-        eprintln!("SKIP: model {model} not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)");
+        eprintln!(
+            "SKIP: model {model} not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)"
+        );
         return;
     };
     let dir = shared.join("fixtures").join(fixture);
@@ -52,12 +54,19 @@ fn check(model: &str, fixture: &str) {
     let default = fetch::default_model(model).unwrap();
     let source = match default.chat_template {
         Some(t) => {
-            assert!(tok.chat_template.is_none(), "{model}: the GGUF has its own template");
+            assert!(
+                tok.chat_template.is_none(),
+                "{model}: the GGUF has its own template"
+            );
             t.to_string()
         }
         None => tok.chat_template.clone().expect("GGUF chat template"),
     };
-    assert_eq!(source, meta["chat_template_used"].as_str().unwrap(), "{model}: template source");
+    assert_eq!(
+        source,
+        meta["chat_template_used"].as_str().unwrap(),
+        "{model}: template source"
+    );
     let bos = tok.bos.as_ref().map(|b| b.0.as_str()).unwrap_or("");
     let eos = tok.eos.as_ref().map(|b| b.0.as_str()).unwrap_or("");
     let template = ChatTemplate::new(&source, bos, eos).unwrap();
@@ -76,7 +85,11 @@ fn check(model: &str, fixture: &str) {
     for w in windows {
         let query = w["query"].as_str().unwrap();
         let passages = w["passages_truncated"].as_array().unwrap();
-        assert_eq!(passages.len(), 20, "the example prompts are for 20 passages");
+        assert_eq!(
+            passages.len(),
+            20,
+            "the example prompts are for 20 passages"
+        );
         let mut user = prefix.replace("QUERY", query);
         for (l, p) in letters.iter().zip(passages) {
             user.push_str(&format!("[{l}] {}\n", p.as_str().unwrap()));

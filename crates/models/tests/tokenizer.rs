@@ -53,7 +53,9 @@ fn setup(model: &'static str) -> Option<&'static Setup> {
             return None;
         };
         let Some(path) = model_path(model) else {
-            eprintln!("SKIP: model {model} not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)");
+            eprintln!(
+                "SKIP: model {model} not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)"
+            );
             return None;
         };
         let t0 = std::time::Instant::now();
@@ -95,16 +97,32 @@ fn check_tokenization(model: &'static str) {
             continue;
         }
         let want_bos = ids_of(&r["ids_with_bos"]);
-        let got_bos = s.tok.tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+        let got_bos = s
+            .tok
+            .tokenizer
+            .encode(text, true)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         if got_bos != want_bos {
-            failures.push(format!("#{i} {text:?}: ids with BOS {got_bos:?}, expected {want_bos:?}"));
+            failures.push(format!(
+                "#{i} {text:?}: ids with BOS {got_bos:?}, expected {want_bos:?}"
+            ));
         }
         let decoded = s.tok.decode(&got).unwrap();
         if decoded != r["decoded"].as_str().unwrap() {
-            failures.push(format!("#{i} {text:?}: decoded {decoded:?}, expected {:?}", r["decoded"]));
+            failures.push(format!(
+                "#{i} {text:?}: decoded {decoded:?}, expected {:?}",
+                r["decoded"]
+            ));
         }
     }
-    assert!(failures.is_empty(), "{model}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{model}: {} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn check_windows(model: &'static str) {
@@ -140,11 +158,22 @@ fn check_truncation(model: &'static str) {
     for w in fx["windows"].as_array().unwrap() {
         let raws = w["passages_raw"].as_array().unwrap();
         let cuts = w["passages_truncated"].as_array().unwrap();
-        let counts = w["passage_token_counts_before_truncation"].as_array().unwrap();
+        let counts = w["passage_token_counts_before_truncation"]
+            .as_array()
+            .unwrap();
         for ((raw, cut), count) in raws.iter().zip(cuts).zip(counts) {
-            let norm = raw.as_str().unwrap().split_whitespace().collect::<Vec<_>>().join(" ");
+            let norm = raw
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             let n = s.tok.count_tokens(&norm).unwrap();
-            assert_eq!(n as u64, count.as_u64().unwrap(), "{model}: token count of {norm:?}");
+            assert_eq!(
+                n as u64,
+                count.as_u64().unwrap(),
+                "{model}: token count of {norm:?}"
+            );
             let got = if n > 100 {
                 n_cut += 1;
                 s.tok.truncate_to_tokens(&norm, 100).unwrap()
@@ -163,17 +192,33 @@ fn check_specials(model: &'static str) {
     let letters = meta["letters"].as_array().unwrap();
     let want = ids_of(&meta["letter_token_ids"]);
     for (l, id) in letters.iter().zip(&want) {
-        assert_eq!(s.tok.encode_raw(l.as_str().unwrap()).unwrap(), vec![*id], "letter {l}");
+        assert_eq!(
+            s.tok.encode_raw(l.as_str().unwrap()).unwrap(),
+            vec![*id],
+            "letter {l}"
+        );
     }
     let (bos_id, eos_id) = match model {
         "gemma3" => (&meta["special_ids"]["bos"], &meta["special_ids"]["eos"]),
-        _ => (&meta["special_ids"]["bos"]["id"], &meta["special_ids"]["eos"]["id"]),
+        _ => (
+            &meta["special_ids"]["bos"]["id"],
+            &meta["special_ids"]["eos"]["id"],
+        ),
     };
-    assert_eq!(s.tok.bos.as_ref().unwrap().1 as u64, bos_id.as_u64().unwrap());
-    assert_eq!(s.tok.eos.as_ref().unwrap().1 as u64, eos_id.as_u64().unwrap());
+    assert_eq!(
+        s.tok.bos.as_ref().unwrap().1 as u64,
+        bos_id.as_u64().unwrap()
+    );
+    assert_eq!(
+        s.tok.eos.as_ref().unwrap().1 as u64,
+        eos_id.as_u64().unwrap()
+    );
     // SmolLM2's GGUF says add_bos_token=false (the fixture ids_with_bos equal ids); Gemma's true.
     assert_eq!(s.tok.add_bos, model == "gemma3");
-    assert_eq!(s.tok.chat_template.is_some(), meta["gguf_has_chat_template"].as_bool().unwrap());
+    assert_eq!(
+        s.tok.chat_template.is_some(),
+        meta["gguf_has_chat_template"].as_bool().unwrap()
+    );
 }
 
 #[test]

@@ -28,7 +28,9 @@ pub(super) fn config(meta: &Meta<'_>) -> Result<ModelConfig> {
     let hidden = meta.req_usize("embedding_length")?;
     let intermediate = meta.req_usize("feed_forward_length")?;
     let n_heads = meta.req_usize("attention.head_count")?;
-    let n_kv_heads = meta.opt_usize("attention.head_count_kv")?.unwrap_or(n_heads);
+    let n_kv_heads = meta
+        .opt_usize("attention.head_count_kv")?
+        .unwrap_or(n_heads);
     let head_dim = meta.opt_usize("attention.key_length")?.unwrap_or(256);
     if let Some(v) = meta.opt_usize("attention.value_length")? {
         if v != head_dim {
@@ -38,26 +40,42 @@ pub(super) fn config(meta: &Meta<'_>) -> Result<ModelConfig> {
             );
         }
     }
-    let rms_eps = meta.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6) as f64;
+    let rms_eps = meta
+        .opt_f32("attention.layer_norm_rms_epsilon")?
+        .unwrap_or(1e-6) as f64;
     let window = meta.opt_usize("attention.sliding_window")?.unwrap_or(512);
     let pattern = meta
         .opt_usize("attention.sliding_window_pattern")?
         .unwrap_or(SLIDING_PATTERN)
         .max(1);
     let rope_theta = meta.opt_f32("rope.freq_base")?.unwrap_or(GLOBAL_ROPE_BASE);
-    let rope_local = meta.opt_f32("rope.local_freq_base")?.unwrap_or(LOCAL_ROPE_BASE);
+    let rope_local = meta
+        .opt_f32("rope.local_freq_base")?
+        .unwrap_or(LOCAL_ROPE_BASE);
     let global_scale = meta.linear_rope_scale()?;
     let layers = (0..n_layers)
         .map(|i| {
             if (i + 1) % pattern == 0 {
-                LayerSpec { sliding_window: None, rope_theta, rope_scale: global_scale }
+                LayerSpec {
+                    sliding_window: None,
+                    rope_theta,
+                    rope_scale: global_scale,
+                }
             } else {
-                LayerSpec { sliding_window: Some(window), rope_theta: rope_local, rope_scale: 1.0 }
+                LayerSpec {
+                    sliding_window: Some(window),
+                    rope_theta: rope_local,
+                    rope_scale: 1.0,
+                }
             }
         })
         .collect();
     // query_pre_attn_scalar: head_dim, except Gemma 3 27B (62 layers): hidden / heads.
-    let query_pre_attn_scalar = if n_layers == 62 { hidden / n_heads } else { head_dim };
+    let query_pre_attn_scalar = if n_layers == 62 {
+        hidden / n_heads
+    } else {
+        head_dim
+    };
     Ok(ModelConfig {
         arch: Arch::Gemma3,
         arch_name: meta.arch.to_string(),

@@ -14,14 +14,18 @@ pub(super) fn config(meta: &Meta<'_>) -> Result<ModelConfig> {
     let hidden = meta.req_usize("embedding_length")?;
     let intermediate = meta.req_usize("feed_forward_length")?;
     let n_heads = meta.req_usize("attention.head_count")?;
-    let n_kv_heads = meta.opt_usize("attention.head_count_kv")?.unwrap_or(n_heads);
+    let n_kv_heads = meta
+        .opt_usize("attention.head_count_kv")?
+        .unwrap_or(n_heads);
     if n_heads == 0 || hidden % n_heads != 0 {
         bail!(
             "{}: embedding_length {hidden} is not a multiple of head_count {n_heads}",
             meta.path.display()
         );
     }
-    let head_dim = meta.opt_usize("attention.key_length")?.unwrap_or(hidden / n_heads);
+    let head_dim = meta
+        .opt_usize("attention.key_length")?
+        .unwrap_or(hidden / n_heads);
     if let Some(rot) = meta.opt_usize("rope.dimension_count")? {
         if rot != head_dim {
             bail!(
@@ -30,11 +34,17 @@ pub(super) fn config(meta: &Meta<'_>) -> Result<ModelConfig> {
             );
         }
     }
-    let rms_eps = meta.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f64;
+    let rms_eps = meta
+        .opt_f32("attention.layer_norm_rms_epsilon")?
+        .unwrap_or(1e-5) as f64;
     let rope_theta = meta.opt_f32("rope.freq_base")?.unwrap_or(10_000.0);
     let rope_scale = meta.linear_rope_scale()?;
     let layers = (0..n_layers)
-        .map(|_| LayerSpec { sliding_window: None, rope_theta, rope_scale })
+        .map(|_| LayerSpec {
+            sliding_window: None,
+            rope_theta,
+            rope_scale,
+        })
         .collect();
     Ok(ModelConfig {
         arch: Arch::Llama,

@@ -55,15 +55,20 @@ pub(crate) struct GgufReader<'a> {
 
 impl<'a> GgufReader<'a> {
     pub fn open(path: &'a Path, device: &Device) -> Result<Self> {
-        let mut file =
-            File::open(path).with_context(|| format!("cannot open model file {}", path.display()))?;
+        let mut file = File::open(path)
+            .with_context(|| format!("cannot open model file {}", path.display()))?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| {
             anyhow::anyhow!(
                 "{}: not a valid GGUF file (corrupt or truncated header?): {e}",
                 path.display()
             )
         })?;
-        Ok(Self { path, content, file, device: device.clone() })
+        Ok(Self {
+            path,
+            content,
+            file,
+            device: device.clone(),
+        })
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {
@@ -73,7 +78,10 @@ impl<'a> GgufReader<'a> {
     /// Reads one tensor, checking its shape (candle order: rows/out first).
     pub fn qtensor(&mut self, name: &str, shape: &[usize]) -> Result<QTensor> {
         let info = self.content.tensor_infos.get(name).with_context(|| {
-            format!("{}: tensor `{name}` is missing from the GGUF file", self.path.display())
+            format!(
+                "{}: tensor `{name}` is missing from the GGUF file",
+                self.path.display()
+            )
         })?;
         if info.shape.dims() != shape {
             bail!(
@@ -99,12 +107,24 @@ impl<'a> GgufReader<'a> {
         Ok(q.dequantize(&self.device)?.to_dtype(DType::F32)?)
     }
 
-    pub fn linear(&mut self, name: &str, out: usize, inp: usize, mode: WeightMode) -> Result<Linear> {
+    pub fn linear(
+        &mut self,
+        name: &str,
+        out: usize,
+        inp: usize,
+        mode: WeightMode,
+    ) -> Result<Linear> {
         let q = self.qtensor(name, &[out, inp])?;
         Linear::new(q, mode, &self.device)
     }
 
-    pub fn rows(&mut self, name: &str, rows: usize, cols: usize, mode: WeightMode) -> Result<RowMatrix> {
+    pub fn rows(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        mode: WeightMode,
+    ) -> Result<RowMatrix> {
         let q = self.qtensor(name, &[rows, cols])?;
         RowMatrix::new(q, mode, &self.device)
     }
