@@ -4,6 +4,8 @@
 
 mod diagnostic;
 mod eval;
+mod model_args;
+mod models;
 mod progress;
 mod rerank;
 
@@ -31,6 +33,9 @@ enum Command {
     Rerank(rerank::RerankArgs),
     /// Score TREC runs against qrels with trec_eval's conventions.
     Eval(eval::EvalArgs),
+    /// List, fetch and verify the default models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
 }
 
 fn init_logging(quiet: bool, verbose: u8) {
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Rerank(args) => rerank::run(args, cli.quiet),
         Command::Eval(args) => eval::run(args, cli.quiet),
+        Command::Models(cmd) => models::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

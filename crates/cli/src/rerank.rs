@@ -93,8 +93,20 @@ pub struct RerankArgs {
     #[arg(long)]
     pub limit: Option<usize>,
 
+    /// Model: a default model name (`smollm2`, `gemma3`; fetched on first use),
+    /// a GGUF file, or a model directory.
+    #[arg(
+        long,
+        short,
+        value_name = "MODEL",
+        required_unless_present = "diagnostic_scorer"
+    )]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub llm: crate::model_args::LlmArgs,
+
     /// Model-free scorer for testing the pipeline (not a reranker).
-    #[arg(long, value_enum, hide_short_help = true)]
+    #[arg(long, value_enum, hide_short_help = true, conflicts_with = "model")]
     pub diagnostic_scorer: Option<DiagnosticScorer>,
     /// Qrels for the oracle scorer and for --eval.
     #[arg(long, value_name = "FILE")]
@@ -129,8 +141,8 @@ impl RerankArgs {
 }
 
 fn build_scorer(args: &RerankArgs) -> Result<Box<dyn WindowScorer>> {
-    match args.diagnostic_scorer {
-        Some(DiagnosticScorer::Oracle) => {
+    match (args.diagnostic_scorer, &args.model) {
+        (Some(DiagnosticScorer::Oracle), _) => {
             let Some(path) = &args.qrels else {
                 bail!("--diagnostic-scorer oracle needs --qrels FILE");
             };
@@ -138,8 +150,15 @@ fn build_scorer(args: &RerankArgs) -> Result<Box<dyn WindowScorer>> {
                 qrels: Qrels::load(path)?,
             }))
         }
-        Some(DiagnosticScorer::Reverse) => Ok(Box::new(ReverseScorer)),
-        None => bail!("no scorer: pass --diagnostic-scorer (model backends are not wired in yet)"),
+        (Some(DiagnosticScorer::Reverse), _) => Ok(Box::new(ReverseScorer)),
+        (None, Some(model)) => {
+            let max_window = match args.strategy {
+                StrategyKind::Sliding => args.window.min(args.top_k),
+                StrategyKind::Single => args.window,
+            };
+            Ok(Box::new(args.llm.load(model, max_window)?))
+        }
+        (None, None) => bail!("no scorer: pass --model"),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use anyhow::{ensure, Result};
 
-use crate::transformer::{CausalLm, KvCache};
+use crate::transformer::{CausalLm, KvCache, EXACT_MIN_TOKENS};
 
 /// FIRST scores of one window: the next-token logits of `identifier_ids`
 /// after `prompt_ids` (which must already end with the `[` token).
@@ -14,7 +14,10 @@ use crate::transformer::{CausalLm, KvCache};
 /// Runs exactly one [`CausalLm::forward`] call. The part of `prompt_ids` that
 /// is already in `cache` (the longest common prefix, e.g. the system prompt and
 /// query shared by the windows of one query) is reused; the rest is computed
-/// and appended, so the cache afterwards holds `prompt_ids`.
+/// and appended, so the cache afterwards holds `prompt_ids`. At least
+/// [`EXACT_MIN_TOKENS`] tokens are always recomputed, so that the scores take
+/// the same (f32-matmul) path whatever the cache held, also with quantized
+/// weights.
 pub fn first_logits(
     model: &mut CausalLm,
     cache: &mut KvCache,
@@ -25,7 +28,7 @@ pub fn first_logits(
         !prompt_ids.is_empty(),
         "FIRST scoring needs a non-empty prompt"
     );
-    let keep = cache.reuse_prefix(prompt_ids);
+    let keep = cache.reuse_prefix_leaving(prompt_ids, EXACT_MIN_TOKENS);
     let hidden = model.forward(&prompt_ids[keep..], cache, None)?;
     model.logits_for(&hidden, identifier_ids)
 }

@@ -4,7 +4,9 @@
 //! (FIRST single-token logits, or generated permutations).
 
 pub mod chat;
+pub mod embed;
 pub mod fetch;
 pub mod first;
 pub mod gguf_tokenizer;
+pub mod reranker;
 pub mod transformer;

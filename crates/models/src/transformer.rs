@@ -21,10 +21,10 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::quantized::gguf_file::Value;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
-pub use weights::WeightMode;
 use weights::{GgufReader, Linear, RowMatrix};
+pub use weights::{WeightMode, EXACT_MIN_TOKENS};
 
 /// The GGUF `general.architecture` values this module can run.
 pub const SUPPORTED_ARCHS: &[&str] = &["llama", "gemma3"];
@@ -291,9 +291,15 @@ impl KvCache {
     /// at least one token of `tokens` uncached (so a forward pass over the rest
     /// yields the last position). Returns how many positions were kept.
     pub fn reuse_prefix(&mut self, tokens: &[u32]) -> usize {
+        self.reuse_prefix_leaving(tokens, 1)
+    }
+
+    /// Like [`KvCache::reuse_prefix`], but leaves at least `min_new` (at least
+    /// one) tokens of `tokens` uncached.
+    pub fn reuse_prefix_leaving(&mut self, tokens: &[u32], min_new: usize) -> usize {
         let keep = self
             .common_prefix_len(tokens)
-            .min(tokens.len().saturating_sub(1));
+            .min(tokens.len().saturating_sub(min_new.max(1)));
         self.truncate(keep);
         keep
     }
@@ -365,14 +371,14 @@ impl CausalLm {
     fn from_reader(r: &mut GgufReader<'_>, config: ModelConfig, mode: WeightMode) -> Result<Self> {
         let c = &config;
         ensure!(
-            c.n_heads > 0 && c.n_kv_heads > 0 && c.n_heads % c.n_kv_heads == 0,
+            c.n_heads > 0 && c.n_kv_heads > 0 && c.n_heads.is_multiple_of(c.n_kv_heads),
             "{}: head_count {} is not a multiple of head_count_kv {}",
             r.path.display(),
             c.n_heads,
             c.n_kv_heads
         );
         ensure!(
-            c.head_dim % 2 == 0,
+            c.head_dim.is_multiple_of(2),
             "{}: odd head_dim {}",
             r.path.display(),
             c.head_dim
@@ -508,6 +514,9 @@ impl CausalLm {
             "{total} positions exceed the model's context length {}",
             self.config.context_length
         );
+        // Decided per call, not per chunk, so the numerics of a prompt do not
+        // depend on how it is chunked.
+        let kernel = tokens.len() < EXACT_MIN_TOKENS;
         let n_chunks = tokens.len().div_ceil(self.prefill_chunk);
         let mut last = None;
         for (ci, chunk) in tokens.chunks(self.prefill_chunk).enumerate() {
@@ -516,7 +525,7 @@ impl CausalLm {
             } else {
                 None
             };
-            last = Some(self.forward_chunk(chunk, cache, t)?);
+            last = Some(self.forward_chunk(chunk, cache, t, kernel)?);
         }
         last.context("no chunk processed")
     }
@@ -526,6 +535,7 @@ impl CausalLm {
         tokens: &[u32],
         cache: &mut KvCache,
         mut taps: Option<&mut Vec<(String, Tensor)>>,
+        kernel: bool,
     ) -> Result<Tensor> {
         let c = &self.config;
         let dev = &self.device;
@@ -568,18 +578,28 @@ impl CausalLm {
             let (cos, sin) = &ropes[layer.rope];
             let resid = &x;
             let h = rms_norm(&x, &layer.attn_norm, c.rms_eps)?;
-            let mut a = self.attention(layer, &h, &mut cache.layers[i], cos, sin, *k0, mask)?;
+            let mut a = self.attention(
+                layer,
+                &h,
+                &mut cache.layers[i],
+                (cos, sin),
+                *k0,
+                mask,
+                kernel,
+            )?;
             if let Some(n) = &layer.post_attn_norm {
                 a = rms_norm(&a, n, c.rms_eps)?;
             }
             let x1 = (resid + a)?;
             let h = rms_norm(&x1, &layer.ffn_norm, c.rms_eps)?;
-            let gate = layer.gate.forward(&h)?;
+            let gate = layer.gate.forward(&h, kernel)?;
             let gate = match c.activation {
                 Activation::Silu => candle_nn::ops::silu(&gate)?,
                 Activation::GeluTanh => gate.gelu()?,
             };
-            let mut m = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            let mut m = layer
+                .down
+                .forward(&(gate * layer.up.forward(&h, kernel)?)?, kernel)?;
             if let Some(n) = &layer.post_ffn_norm {
                 m = rms_norm(&m, n, c.rms_eps)?;
             }
@@ -589,7 +609,7 @@ impl CausalLm {
         cache.tokens.extend_from_slice(tokens);
         let last = x.narrow(0, s - 1, 1)?;
         let out = rms_norm(&last, &self.final_norm, c.rms_eps)?.reshape(c.hidden)?;
-        if let Some(t) = taps.as_deref_mut() {
+        if let Some(t) = taps {
             t.push(("final_norm".to_string(), out.clone()));
         }
         Ok(out)
@@ -601,19 +621,19 @@ impl CausalLm {
         layer: &Layer,
         x: &Tensor,
         slot: &mut Option<(Tensor, Tensor)>,
-        cos: &Tensor,
-        sin: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
         k0: usize,
         mask: &Tensor,
+        kernel: bool,
     ) -> Result<Tensor> {
         let c = &self.config;
         let (s, hd, nh, nkv) = (x.dim(0)?, c.head_dim, c.n_heads, c.n_kv_heads);
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((s, n, hd))?.transpose(0, 1)?.contiguous()?)
         };
-        let mut q = heads(layer.wq.forward(x)?, nh)?;
-        let mut k = heads(layer.wk.forward(x)?, nkv)?;
-        let v = heads(layer.wv.forward(x)?, nkv)?;
+        let mut q = heads(layer.wq.forward(x, kernel)?, nh)?;
+        let mut k = heads(layer.wk.forward(x, kernel)?, nkv)?;
+        let v = heads(layer.wv.forward(x, kernel)?, nkv)?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
             q = rms_norm(&q, qn, c.rms_eps)?;
             k = rms_norm(&k, kn, c.rms_eps)?;
@@ -657,7 +677,7 @@ impl CausalLm {
             .reshape((nh, s, hd))?
             .transpose(0, 1)?
             .reshape((s, nh * hd))?;
-        layer.wo.forward(&out)
+        layer.wo.forward(&out, kernel)
     }
 
     fn head(&self) -> &RowMatrix {
@@ -834,6 +854,8 @@ mod tests {
         assert_eq!(c.common_prefix_len(&[1, 2, 4]), 2);
         // Identical prompt: one token must stay uncached.
         assert_eq!(c.clone().reuse_prefix(&[1, 2, 3]), 2);
+        assert_eq!(c.clone().reuse_prefix_leaving(&[1, 2, 3], 0), 2);
+        assert_eq!(c.clone().reuse_prefix_leaving(&[1, 2, 3, 4], 3), 1);
         assert_eq!(c.reuse_prefix(&[1, 9]), 1);
         assert_eq!(c.tokens(), &[1]);
         let (k, _) = c.layers[0].as_ref().unwrap();

@@ -14,9 +14,12 @@ use candle_core::{DType, Device, Module, Tensor};
 /// How the GGUF's weight matrices are held in memory and multiplied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightMode {
-    /// Keep the file's quantized blocks and use candle's quantized matmuls
-    /// (activations quantized on the fly, llama.cpp style). Fast; the logits
-    /// move slightly, and close pairs of identifiers may swap.
+    /// Keep the file's quantized blocks in memory (about a quarter to an
+    /// eighth of f32). Matmuls over a few rows (decoding, short suffixes) use
+    /// candle's quantized kernels (8-bit activations, llama.cpp style; the
+    /// logits move slightly); prefill matmuls dequantize each weight on the
+    /// fly and multiply in f32, which is faster there and keeps the prompt's
+    /// logits those of the f32 reference (see [`EXACT_MIN_TOKENS`]).
     #[default]
     Quantized,
     /// Dequantize every tensor to f32 at load time and use f32 matmuls: the
@@ -133,24 +136,63 @@ impl<'a> GgufReader<'a> {
 /// A weight matrix `[out, in]` applied as `x · Wᵀ`.
 #[derive(Debug, Clone)]
 pub(crate) enum Linear {
-    Quant(QMatMul),
+    /// Quantized blocks (the same tensor as a candle `QMatMul` and as a
+    /// `QTensor` for on-the-fly dequantization).
+    Quant {
+        qm: QMatMul,
+        q: Arc<QTensor>,
+    },
     Dense(Tensor),
 }
+
+/// Forward calls over at least this many tokens dequantize each quantized
+/// weight for its matmul instead of using candle's quantized kernel; shorter
+/// calls (decoding) use the kernel.
+///
+/// Why: for prefill, the quantized kernels are both slower and less faithful.
+/// On CPU candle computes one dot product per (row, column) pair and only some
+/// types have SIMD kernels: measured with 512 rows on an AVX-512 VNNI machine,
+/// Q5_0 and Q4_1 took 25-30× longer than dequantizing plus an f32 matmul and
+/// Q8_0 2×; Q4_K and Q6_K (repacked VNNI kernels) were 1.2-1.8× faster per
+/// matmul, but end to end on Gemma 3 270M that gain was within noise while the
+/// 8-bit activations moved the FIRST letter logits by up to 0.7 (Kendall tau
+/// vs the f32 reference down to 0.88). Dequantizing a weight costs about a
+/// tenth of its 512-row matmul. For one or a few rows the quantized kernel is
+/// memory-bound and much faster.
+pub const EXACT_MIN_TOKENS: usize = 8;
 
 impl Linear {
     fn new(q: QTensor, mode: WeightMode, device: &Device) -> Result<Self> {
         Ok(match mode {
-            WeightMode::Quantized => Linear::Quant(QMatMul::from_qtensor(q)?),
+            WeightMode::Quantized => {
+                let q = Arc::new(q);
+                Linear::Quant {
+                    qm: QMatMul::from_arc(q.clone())?,
+                    q,
+                }
+            }
             WeightMode::DequantizedF32 => {
                 Linear::Dense(q.dequantize(device)?.to_dtype(DType::F32)?)
             }
         })
     }
 
-    /// `x: [n, in]` → `[n, out]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x: [n, in]` → `[n, out]`; `kernel`: use the quantized kernel (else
+    /// dequantize a quantized weight and multiply in f32).
+    pub fn forward(&self, x: &Tensor, kernel: bool) -> Result<Tensor> {
         Ok(match self {
-            Linear::Quant(m) => m.forward(x)?,
+            Linear::Quant {
+                qm: qm @ QMatMul::QTensor(_),
+                q,
+            } => {
+                if kernel {
+                    qm.forward(x)?
+                } else {
+                    let w = q.dequantize(&q.device())?;
+                    x.matmul(&w.t()?)?
+                }
+            }
+            Linear::Quant { qm, .. } => qm.forward(x)?,
             Linear::Dense(w) => x.matmul(&w.t()?)?,
         })
     }

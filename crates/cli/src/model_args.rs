@@ -1,0 +1,147 @@
+//! Command-line options shared by every command that loads an LLM reranker
+//! (rerank now; bench and serve later), and turning them into a loaded model.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use firstrank_core::prompt::{PromptOptions, PromptTemplate};
+use firstrank_models::reranker::{LlmReranker, RerankerConfig, ScoringMode};
+use firstrank_models::transformer::WeightMode;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// FIRST: rank by the logits of the first identifier (one forward pass per window).
+    First,
+    /// Generate the whole permutation `[C] > [A] > ...` greedily (RankZephyr-style baseline).
+    Generate,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Weights {
+    /// Keep GGUF weights quantized (fast).
+    Quantized,
+    /// Dequantize everything to f32 (matches the Python reference; slower).
+    F32,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceKind {
+    Cpu,
+    /// NVIDIA GPU 0 (needs a build with `--features cuda`).
+    Cuda,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PassagePrep {
+    /// rank_llm: titles, ftfy-style repair, `[n]` -> `(n)`, 300 words scaled by 20/n.
+    RankLlm,
+    /// The shared Python reference: whitespace collapsed, first 100 tokens, nothing else.
+    Reference,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Model")]
+pub struct LlmArgs {
+    /// Scoring mode.
+    #[arg(long, value_enum, default_value_t = Mode::First)]
+    pub mode: Mode,
+    /// Device to run the model on.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// How GGUF weights are held.
+    #[arg(long, value_enum, default_value_t = Weights::Quantized)]
+    pub weights: Weights,
+    /// Prompt template: `rank_zephyr_alpha` (FIRST's), `rank_zephyr_numeric`, or a TOML file.
+    #[arg(long, default_value = "rank_zephyr_alpha", value_name = "NAME|FILE")]
+    pub prompt_template: String,
+    /// Passage preparation preset.
+    #[arg(long, value_enum, default_value_t = PassagePrep::RankLlm)]
+    pub passages: PassagePrep,
+    /// Words kept per passage for a window of 20 (scaled by 20/n for smaller windows).
+    #[arg(long, value_name = "N")]
+    pub max_passage_words: Option<usize>,
+    /// Also cut each passage to its first N tokens.
+    #[arg(long, value_name = "N")]
+    pub max_passage_tokens: Option<usize>,
+    /// Prompt budget in tokens (default: the model's context length); passages
+    /// are shortened with rank_llm's loop until the prompt fits.
+    #[arg(long, value_name = "TOKENS")]
+    pub context_size: Option<usize>,
+    /// CPU threads for the model (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl LlmArgs {
+    pub fn device(&self) -> Result<candle_core::Device> {
+        match self.device {
+            DeviceKind::Cpu => Ok(candle_core::Device::Cpu),
+            DeviceKind::Cuda => {
+                if !candle_core::utils::cuda_is_available() {
+                    bail!("--device cuda: this binary was built without CUDA; rebuild with `cargo build --release --features cuda`");
+                }
+                Ok(candle_core::Device::new_cuda(0)?)
+            }
+        }
+    }
+
+    pub fn config(&self, max_window: usize) -> Result<RerankerConfig> {
+        let mut options = match self.passages {
+            PassagePrep::RankLlm => PromptOptions::rank_llm(),
+            PassagePrep::Reference => PromptOptions::fixture(),
+        };
+        if let Some(w) = self.max_passage_words {
+            if w == 0 {
+                bail!("--max-passage-words must be at least 1");
+            }
+            options.max_words = Some(w);
+        }
+        if let Some(t) = self.max_passage_tokens {
+            if t == 0 {
+                bail!("--max-passage-tokens must be at least 1");
+            }
+            options.max_tokens = Some(t);
+        }
+        Ok(RerankerConfig {
+            mode: match self.mode {
+                Mode::First => ScoringMode::First,
+                Mode::Generate => ScoringMode::Generate,
+            },
+            weights: match self.weights {
+                Weights::Quantized => WeightMode::Quantized,
+                Weights::F32 => WeightMode::DequantizedF32,
+            },
+            template: PromptTemplate::resolve(&self.prompt_template)?,
+            options,
+            context_size: self.context_size,
+            max_window,
+        })
+    }
+
+    /// Loads the model; `max_window` is the largest window it will see.
+    pub fn load(&self, model: &str, max_window: usize) -> Result<LlmReranker> {
+        if let Some(n) = self.threads {
+            // candle's CPU kernels use rayon's global pool; set it before first use.
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
+        let config = self.config(max_window)?;
+        let device = self.device()?;
+        let started = std::time::Instant::now();
+        let reranker = LlmReranker::load(model, config, &device)?;
+        tracing::info!(
+            "loaded {} ({}, {} layers) in {:.1}s",
+            reranker.name(),
+            reranker.model().config().arch_name,
+            reranker.model().config().n_layers,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(reranker)
+    }
+}
+
+/// Where a default model lives in the cache (for messages).
+#[allow(dead_code)]
+pub fn cache_hint() -> PathBuf {
+    firstrank_models::fetch::cache_dir()
+}

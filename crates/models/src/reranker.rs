@@ -1,0 +1,393 @@
+//! The LLM listwise reranker: turns a window of candidates into a prompt
+//! (core's prompt builder + the model's chat template + tokenizer), runs the
+//! model and returns one score per candidate through core's `WindowScorer`
+//! seam. Two modes:
+//!
+//! * **FIRST** (default): one forward pass over the prompt followed by `[`;
+//!   the scores are the next-token logits of the window's identifier tokens.
+//!   Exactly one `forward` call per window (checked by a test).
+//! * **Generation** (RankZephyr-style baseline): greedy decoding of
+//!   `[X] > [Y] > ...` with a KV cache, parsed with rank_llm's repair; the
+//!   scores are `n - position` in the parsed permutation.
+//!
+//! Identifiers are verified once at load time: each must be exactly one token
+//! after `[`, or FIRST could not read its logit.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use firstrank_core::prompt::{self, ListwisePrompt, PromptOptions, PromptTemplate, TokenCounter};
+use firstrank_core::window::WindowScorer;
+use firstrank_core::{Candidate, Query};
+use serde::Serialize;
+
+use crate::chat::ChatTemplate;
+use crate::fetch::{resolve_model_arg, ModelLocation};
+use crate::first::first_logits;
+use crate::gguf_tokenizer::{tokenizer_from_gguf_file, GgufTokenizer};
+use crate::transformer::{argmax, CausalLm, KvCache, WeightMode};
+
+/// How a window is scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScoringMode {
+    /// FIRST: identifier logits after one forward pass.
+    #[default]
+    First,
+    /// Greedy generation of the whole permutation.
+    Generate,
+}
+
+impl std::str::FromStr for ScoringMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "first" => Ok(ScoringMode::First),
+            "generate" | "generation" => Ok(ScoringMode::Generate),
+            other => bail!("unknown scoring mode `{other}`: expected `first` or `generate`"),
+        }
+    }
+}
+
+/// Everything that decides how windows become model inputs.
+#[derive(Debug, Clone)]
+pub struct RerankerConfig {
+    pub mode: ScoringMode,
+    pub weights: WeightMode,
+    pub template: PromptTemplate,
+    pub options: PromptOptions,
+    /// Prompt budget in tokens; default: the model's context length.
+    pub context_size: Option<usize>,
+    /// The largest window that will be scored (identifiers are checked for it).
+    pub max_window: usize,
+}
+
+impl Default for RerankerConfig {
+    fn default() -> Self {
+        Self {
+            mode: ScoringMode::First,
+            weights: WeightMode::Quantized,
+            template: PromptTemplate::rank_zephyr_alpha(),
+            options: PromptOptions::rank_llm(),
+            context_size: None,
+            max_window: 20,
+        }
+    }
+}
+
+/// Counters over the windows scored so far.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScoringStats {
+    pub windows: u64,
+    pub forward_calls: u64,
+    /// Prompt tokens of all windows (cached ones included).
+    pub prompt_tokens: u64,
+    /// Prompt tokens served from the KV cache of the previous window.
+    pub cached_prompt_tokens: u64,
+    pub generated_tokens: u64,
+    /// Windows whose prompt had to be shortened to fit the context.
+    pub shrunk_windows: u64,
+    pub seconds: f64,
+}
+
+/// A loaded LLM ready to score listwise windows.
+pub struct LlmReranker {
+    model: CausalLm,
+    tokenizer: GgufTokenizer,
+    chat: ChatTemplate,
+    config: RerankerConfig,
+    /// Token id of each identifier (`A`, `B`, ...) as predicted after `[`.
+    identifier_ids: Vec<u32>,
+    stop_ids: Vec<u32>,
+    cache: KvCache,
+    stats: ScoringStats,
+    name: String,
+}
+
+impl LlmReranker {
+    /// Loads a model named by a default-model name (`smollm2`, `gemma3`,
+    /// fetched on first use), a GGUF path or a model directory.
+    pub fn load(model: &str, config: RerankerConfig, device: &Device) -> Result<Self> {
+        let location = resolve_model_arg(model)?;
+        let path = match &location {
+            ModelLocation::Gguf { path, .. } => path.clone(),
+            ModelLocation::HfDir { dir, .. } => bail!(
+                "{}: Hugging Face safetensors directories are not supported by the LLM reranker yet; \
+                 convert the model to GGUF (llama.cpp's convert_hf_to_gguf.py) and pass the .gguf file",
+                dir.display()
+            ),
+        };
+        let tokenizer = tokenizer_from_gguf_file(&path)?;
+        let template_source = location
+            .chat_template_override()
+            .map(str::to_string)
+            .or_else(|| tokenizer.chat_template.clone());
+        let bos = tokenizer
+            .bos
+            .as_ref()
+            .map(|(t, _)| t.as_str())
+            .unwrap_or("");
+        let eos = tokenizer
+            .eos
+            .as_ref()
+            .map(|(t, _)| t.as_str())
+            .unwrap_or("");
+        let chat = ChatTemplate::from_optional(template_source.as_deref(), bos, eos)
+            .with_context(|| format!("{}: chat template", path.display()))?;
+        if chat.is_fallback() {
+            tracing::warn!(
+                "{}: no chat template; using the plain fallback (system and user text joined by a blank line)",
+                path.display()
+            );
+        }
+        let model_lm = CausalLm::load(&path, config.weights, device)?;
+        Self::assemble(
+            model_lm,
+            tokenizer,
+            chat,
+            config,
+            display_name(model, &path),
+        )
+    }
+
+    /// Builds a reranker from parts already loaded (tests, benchmarks).
+    pub fn assemble(
+        model: CausalLm,
+        tokenizer: GgufTokenizer,
+        chat: ChatTemplate,
+        config: RerankerConfig,
+        name: String,
+    ) -> Result<Self> {
+        let identifiers = config.template.identifiers.identifiers(config.max_window)?;
+        let identifier_ids =
+            identifier_token_ids(&tokenizer, &config.template.assistant_prefix, &identifiers)
+                .with_context(|| format!("model {name}"))?;
+        let mut stop_ids: Vec<u32> = tokenizer.eos.iter().map(|(_, id)| *id).collect();
+        for t in [
+            "<end_of_turn>",
+            "<|im_end|>",
+            "<|eot_id|>",
+            "<|endoftext|>",
+            "</s>",
+        ] {
+            if let Some(id) = tokenizer.token_id(t) {
+                stop_ids.push(id);
+            }
+        }
+        let cache = KvCache::new(&model);
+        Ok(Self {
+            model,
+            tokenizer,
+            chat,
+            config,
+            identifier_ids,
+            stop_ids,
+            cache,
+            stats: ScoringStats::default(),
+            name,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn model(&self) -> &CausalLm {
+        &self.model
+    }
+
+    pub fn stats(&self) -> &ScoringStats {
+        &self.stats
+    }
+
+    pub fn identifier_ids(&self) -> &[u32] {
+        &self.identifier_ids
+    }
+
+    pub fn tokenizer(&self) -> &GgufTokenizer {
+        &self.tokenizer
+    }
+
+    fn context_budget(&self, n: usize) -> Result<usize> {
+        let context = self
+            .config
+            .context_size
+            .unwrap_or(self.model.config().context_length);
+        let reserve = match self.config.mode {
+            // The prompt's last position predicts the first identifier.
+            ScoringMode::First => 1,
+            ScoringMode::Generate => self.max_new_tokens(n)?,
+        };
+        Ok(context.saturating_sub(reserve))
+    }
+
+    /// Tokens a complete permutation of `n` identifiers takes, plus the end token.
+    fn max_new_tokens(&self, n: usize) -> Result<usize> {
+        let ids = self.config.template.identifiers.identifiers(n)?;
+        let text = ids
+            .iter()
+            .map(|i| format!("[{i}]"))
+            .collect::<Vec<_>>()
+            .join(" > ");
+        Ok(self.tokenizer.encode_raw(&text)?.len() + 2)
+    }
+
+    /// The chat-formatted prompt text of a window (FIRST's ends with `[`).
+    fn chat_text(&self, prompt: &ListwisePrompt) -> Result<String> {
+        let mut text = self.chat.chat_prompt(Some(&prompt.system), &prompt.user)?;
+        if self.config.mode == ScoringMode::First {
+            text.push_str(&prompt.assistant_prefix);
+        }
+        Ok(text)
+    }
+
+    /// Builds a window's prompt, fitted to the context, and its token ids.
+    pub fn window_input(
+        &mut self,
+        query: &Query,
+        window: &[Candidate],
+    ) -> Result<(String, Vec<u32>)> {
+        if window.len() > self.identifier_ids.len() {
+            bail!(
+                "a window of {} candidates exceeds the {} identifiers checked at load time",
+                window.len(),
+                self.identifier_ids.len()
+            );
+        }
+        let budget = self.context_budget(window.len())?;
+        let counter: &dyn TokenCounter = &self.tokenizer;
+        let fitted = prompt::build_fitting(
+            &query.text,
+            window,
+            &self.config.template,
+            &self.config.options,
+            Some(counter),
+            budget,
+            |p| Ok(self.tokenizer.encode_raw(&self.chat_text(p)?)?.len()),
+        )
+        .with_context(|| format!("query {}: building the prompt", query.qid))?;
+        if fitted.rounds > 1 {
+            self.stats.shrunk_windows += 1;
+        }
+        let text = self.chat_text(&fitted.prompt)?;
+        let ids = self.tokenizer.encode_raw(&text)?;
+        Ok((text, ids))
+    }
+
+    /// FIRST scores of a tokenized prompt (ending with `[`): one forward pass.
+    pub fn first_scores(&mut self, prompt_ids: &[u32], n: usize) -> Result<Vec<f32>> {
+        let cached = self
+            .cache
+            .common_prefix_len(prompt_ids)
+            .min(prompt_ids.len().saturating_sub(1));
+        let before = self.model.forward_calls();
+        let scores = first_logits(
+            &mut self.model,
+            &mut self.cache,
+            prompt_ids,
+            &self.identifier_ids[..n],
+        )?;
+        self.stats.forward_calls += self.model.forward_calls() - before;
+        self.stats.prompt_tokens += prompt_ids.len() as u64;
+        self.stats.cached_prompt_tokens += cached as u64;
+        Ok(scores)
+    }
+
+    /// Greedy generation after a tokenized prompt; returns the generated text
+    /// and the number of generated tokens.
+    pub fn generate(
+        &mut self,
+        prompt_ids: &[u32],
+        max_new_tokens: usize,
+    ) -> Result<(String, usize)> {
+        let cached = self.cache.reuse_prefix(prompt_ids);
+        let before = self.model.forward_calls();
+        let mut hidden = self
+            .model
+            .forward(&prompt_ids[cached..], &mut self.cache, None)?;
+        let mut out = Vec::new();
+        while out.len() < max_new_tokens {
+            let logits = self.model.full_logits(&hidden)?;
+            let next = argmax(&logits).context("empty vocabulary")? as u32;
+            if self.stop_ids.contains(&next) {
+                break;
+            }
+            out.push(next);
+            hidden = self.model.forward(&[next], &mut self.cache, None)?;
+        }
+        self.stats.forward_calls += self.model.forward_calls() - before;
+        self.stats.prompt_tokens += prompt_ids.len() as u64;
+        self.stats.cached_prompt_tokens += cached as u64;
+        self.stats.generated_tokens += out.len() as u64;
+        Ok((self.tokenizer.decode(&out)?, out.len()))
+    }
+}
+
+impl WindowScorer for LlmReranker {
+    fn score_window(&mut self, query: &Query, window: &[Candidate]) -> Result<Vec<f32>> {
+        let started = Instant::now();
+        let (_, ids) = self.window_input(query, window)?;
+        let n = window.len();
+        let scores = match self.config.mode {
+            ScoringMode::First => self.first_scores(&ids, n)?,
+            ScoringMode::Generate => {
+                let budget = self.max_new_tokens(n)?;
+                let (text, _) = self.generate(&ids, budget)?;
+                let order = prompt::parse_permutation(&text, n, self.config.template.identifiers);
+                let mut scores = vec![0.0f32; n];
+                for (pos, &i) in order.iter().enumerate() {
+                    scores[i] = (n - pos) as f32;
+                }
+                scores
+            }
+        };
+        self.stats.windows += 1;
+        self.stats.seconds += started.elapsed().as_secs_f64();
+        Ok(scores)
+    }
+}
+
+/// The token FIRST reads for each identifier: `prefix + id` must tokenize as
+/// `prefix`'s tokens followed by exactly one more token.
+pub fn identifier_token_ids(
+    tokenizer: &GgufTokenizer,
+    prefix: &str,
+    identifiers: &[String],
+) -> Result<Vec<u32>> {
+    let base = tokenizer.encode_raw(prefix)?;
+    let mut ids = Vec::with_capacity(identifiers.len());
+    for ident in identifiers {
+        let with = tokenizer.encode_raw(&format!("{prefix}{ident}"))?;
+        let single = with.len() == base.len() + 1 && with.starts_with(&base);
+        if !single {
+            let pieces: Vec<String> = with
+                .iter()
+                .map(|&t| tokenizer.decode(&[t]).unwrap_or_else(|_| format!("<{t}>")))
+                .collect();
+            bail!(
+                "identifier `{ident}` is not a single token after `{prefix}` with this tokenizer \
+                 (`{prefix}{ident}` -> {pieces:?}); FIRST reads one logit per identifier, so it needs \
+                 single-token identifiers: use the alphabetical template or a smaller window"
+            );
+        }
+        ids.push(with[base.len()]);
+    }
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != ids.len() {
+        bail!("two identifiers map to the same token; FIRST could not tell them apart");
+    }
+    Ok(ids)
+}
+
+fn display_name(arg: &str, path: &Path) -> String {
+    if Path::new(arg).exists() {
+        path.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| arg.to_string())
+    } else {
+        arg.to_string()
+    }
+}

@@ -1,0 +1,104 @@
+//! FIRST scoring (`firstrank_models::first`): exactly one forward call per
+//! window, identifier logits equal to the reference's next-token logits, and
+//! the KV cache reused when the same or an extended prompt comes again. Uses
+//! the short prompts of the shared debug traces, so it runs in seconds; skips
+//! with a message when the model files or fixtures are missing.
+
+mod transformer_support;
+
+use firstrank_models::first::{first_logits, order_by_scores};
+use firstrank_models::transformer::{KvCache, WeightMode};
+use transformer_support::*;
+
+fn check_one_forward_per_window(case: &ModelCase) {
+    let Some(traces) = fixture(case, "debug_traces.json") else {
+        return;
+    };
+    let Some(model) = model(case, WeightMode::DequantizedF32) else {
+        return;
+    };
+    let mut m = model.lock().unwrap();
+    let short = &traces["short"];
+    let ids = u32s(&short["token_ids"]);
+    // Score the first 16 vocabulary entries as if they were identifiers: the
+    // reference gives their logits (`logits_first16`).
+    let idents: Vec<u32> = (0..16).collect();
+    let want = f32s(&short["logits_first16"]);
+    let mut cache = KvCache::new(&m);
+
+    let before = m.forward_calls();
+    let got = first_logits(&mut m, &mut cache, &ids, &idents).unwrap();
+    assert_eq!(
+        m.forward_calls(),
+        before + 1,
+        "FIRST runs one forward per window"
+    );
+    assert!(max_abs_diff(&got, &want) < 1e-3, "{got:?} vs {want:?}");
+    assert_eq!(order_by_scores(&got), order_by_scores(&want));
+    assert_eq!(cache.tokens(), &ids[..]);
+
+    // The same prompt again: served from the cache except its last
+    // EXACT_MIN_TOKENS tokens, still one forward call, same scores.
+    let again = first_logits(&mut m, &mut cache, &ids, &idents).unwrap();
+    assert_eq!(m.forward_calls(), before + 2);
+    assert!(max_abs_diff(&again, &got) < 1e-5);
+
+    // A subset of identifiers gives the same values for those identifiers.
+    let sub = first_logits(&mut m, &mut cache, &ids, &idents[..5]).unwrap();
+    assert!(max_abs_diff(&sub, &got[..5]) < 1e-5);
+
+    // An extended prompt continues the cache.
+    let mut longer = ids.clone();
+    longer.push(ids[ids.len() - 1]);
+    first_logits(&mut m, &mut cache, &longer, &idents).unwrap();
+    assert_eq!(cache.tokens(), &longer[..]);
+
+    // Bad input is an error, not a panic.
+    assert!(first_logits(&mut m, &mut cache, &[], &idents).is_err());
+    let vocab = m.config().vocab as u32;
+    assert!(first_logits(&mut m, &mut cache, &ids, &[vocab]).is_err());
+}
+
+#[test]
+fn smollm2_first_is_one_forward_with_reference_logits() {
+    check_one_forward_per_window(&SMOLLM2);
+}
+
+#[test]
+fn gemma3_first_is_one_forward_with_reference_logits() {
+    check_one_forward_per_window(&GEMMA3);
+}
+
+/// With quantized weights, re-scoring a cached window recomputes enough
+/// tokens to stay on the f32-matmul path: the scores do not depend on what
+/// the cache held (a 1-token suffix through candle's 8-bit kernels moves
+/// Gemma's letter logits by up to ~0.7).
+#[test]
+fn gemma3_quantized_rescoring_a_cached_window_is_stable() {
+    let case = &GEMMA3;
+    let (Some(meta), Some(windows)) = (fixture(case, "meta.json"), fixture(case, "windows.json"))
+    else {
+        return;
+    };
+    let Some(model) = model(case, WeightMode::Quantized) else {
+        return;
+    };
+    let mut m = model.lock().unwrap();
+    let letters = u32s(&meta["letter_token_ids"]);
+    let w = &windows["windows"][5];
+    let ids = u32s(&w["token_ids"]);
+    let mut cache = KvCache::new(&m);
+    let first = first_logits(&mut m, &mut cache, &ids, &letters).unwrap();
+    let before = m.forward_calls();
+    let again = first_logits(&mut m, &mut cache, &ids, &letters).unwrap();
+    assert_eq!(m.forward_calls(), before + 1);
+    assert_eq!(cache.len(), ids.len());
+    let d = max_abs_diff(&first, &again);
+    assert!(
+        d < 1e-4,
+        "re-scoring from the cache moved the logits by {d}"
+    );
+    // Both are the reference's logits (prefill dequantizes to f32).
+    let want = f32s(&w["letter_logits"]);
+    assert!(max_abs_diff(&first, &want) < 1e-3);
+}
