@@ -278,6 +278,31 @@ impl KvCache {
         }
     }
 
+    /// Back to `len` positions after a failed forward pass, which may have
+    /// appended keys and values to some layers only.
+    fn rollback(&mut self, len: usize) {
+        self.tokens.truncate(len);
+        for slot in &mut self.layers {
+            *slot = match slot.take() {
+                Some((k, v)) if len > 0 => match (k.dim(1), v.dim(1)) {
+                    (Ok(kl), Ok(vl)) if kl >= len && vl >= len => {
+                        k.narrow(1, 0, len).ok().zip(v.narrow(1, 0, len).ok())
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+        }
+        if len > 0 && self.layers.iter().any(Option::is_none) {
+            self.clear_all();
+        }
+    }
+
+    fn clear_all(&mut self) {
+        self.tokens.clear();
+        self.layers.iter_mut().for_each(|s| *s = None);
+    }
+
     /// Length of the longest common prefix of the cached tokens and `tokens`.
     pub fn common_prefix_len(&self, tokens: &[u32]) -> usize {
         self.tokens
@@ -518,6 +543,7 @@ impl CausalLm {
         // depend on how it is chunked.
         let kernel = tokens.len() < EXACT_MIN_TOKENS;
         let n_chunks = tokens.len().div_ceil(self.prefill_chunk);
+        let start = cache.len();
         let mut last = None;
         for (ci, chunk) in tokens.chunks(self.prefill_chunk).enumerate() {
             let t = if ci + 1 == n_chunks {
@@ -525,7 +551,13 @@ impl CausalLm {
             } else {
                 None
             };
-            last = Some(self.forward_chunk(chunk, cache, t, kernel)?);
+            match self.forward_chunk(chunk, cache, t, kernel) {
+                Ok(h) => last = Some(h),
+                Err(e) => {
+                    cache.rollback(start);
+                    return Err(e);
+                }
+            }
         }
         last.context("no chunk processed")
     }

@@ -371,3 +371,198 @@ fn forward_rejects_out_of_range_tokens() {
     let h = Tensor::zeros(576, candle_core::DType::F32, m.device()).unwrap();
     assert!(m.logits_for(&h, &[70_000]).is_err());
 }
+
+// ---- synthetic GGUF files: error messages, and the modes on a tiny model ----
+
+mod synthetic {
+    use std::path::Path;
+
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    use firstrank_models::first::first_logits;
+    use firstrank_models::transformer::{CausalLm, KvCache, WeightMode};
+
+    use super::max_abs_diff;
+
+    const H: usize = 64;
+    const VOCAB: usize = 40;
+
+    /// A 2-layer llama-architecture GGUF with random Q8_0 weights.
+    fn write_tiny(path: &Path, arch: &str, skip: Option<&str>) {
+        let dev = Device::Cpu;
+        let (heads, kv, hd, ffn, layers) = (4usize, 2usize, 16usize, 128usize, 2usize);
+        let rnd = |shape: &[usize], scale: f64| {
+            (Tensor::randn(0f32, 1.0, shape, &dev).unwrap() * scale).unwrap()
+        };
+        let mut tensors: Vec<(String, QTensor)> = Vec::new();
+        let mut add = |name: String, t: Tensor, q: bool| {
+            let dt = if q { GgmlDType::Q8_0 } else { GgmlDType::F32 };
+            tensors.push((name, QTensor::quantize(&t, dt).unwrap()));
+        };
+        add("token_embd.weight".into(), rnd(&[VOCAB, H], 1.0), true);
+        add(
+            "output_norm.weight".into(),
+            (rnd(&[H], 0.1) + 1.0).unwrap(),
+            false,
+        );
+        for i in 0..layers {
+            let p = format!("blk.{i}");
+            add(
+                format!("{p}.attn_norm.weight"),
+                (rnd(&[H], 0.1) + 1.0).unwrap(),
+                false,
+            );
+            add(
+                format!("{p}.ffn_norm.weight"),
+                (rnd(&[H], 0.1) + 1.0).unwrap(),
+                false,
+            );
+            add(
+                format!("{p}.attn_q.weight"),
+                rnd(&[heads * hd, H], 0.2),
+                true,
+            );
+            add(format!("{p}.attn_k.weight"), rnd(&[kv * hd, H], 0.2), true);
+            add(format!("{p}.attn_v.weight"), rnd(&[kv * hd, H], 0.2), true);
+            add(
+                format!("{p}.attn_output.weight"),
+                rnd(&[H, heads * hd], 0.1),
+                true,
+            );
+            add(format!("{p}.ffn_gate.weight"), rnd(&[ffn, H], 0.2), true);
+            add(format!("{p}.ffn_up.weight"), rnd(&[ffn, H], 0.2), true);
+            add(format!("{p}.ffn_down.weight"), rnd(&[H, ffn], 0.1), true);
+        }
+        use gguf_file::Value;
+        let md: Vec<(String, Value)> = vec![
+            ("general.architecture".into(), Value::String(arch.into())),
+            (format!("{arch}.block_count"), Value::U32(layers as u32)),
+            (format!("{arch}.embedding_length"), Value::U32(H as u32)),
+            (
+                format!("{arch}.feed_forward_length"),
+                Value::U32(ffn as u32),
+            ),
+            (
+                format!("{arch}.attention.head_count"),
+                Value::U32(heads as u32),
+            ),
+            (
+                format!("{arch}.attention.head_count_kv"),
+                Value::U32(kv as u32),
+            ),
+            (format!("{arch}.context_length"), Value::U32(256)),
+            (format!("{arch}.rope.freq_base"), Value::F32(10_000.0)),
+            (
+                format!("{arch}.attention.layer_norm_rms_epsilon"),
+                Value::F32(1e-5),
+            ),
+        ];
+        let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let t_refs: Vec<(&str, &QTensor)> = tensors
+            .iter()
+            .filter(|(n, _)| Some(n.as_str()) != skip)
+            .map(|(n, t)| (n.as_str(), t))
+            .collect();
+        let mut f = std::fs::File::create(path).unwrap();
+        gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
+    }
+
+    fn load_err(path: &Path) -> String {
+        format!(
+            "{:#}",
+            CausalLm::load(path, WeightMode::Quantized, &Device::Cpu).unwrap_err()
+        )
+    }
+
+    #[test]
+    fn unsupported_architecture_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("qwen.gguf");
+        write_tiny(&p, "qwen2", None);
+        let e = load_err(&p);
+        assert!(e.contains("qwen2") && e.contains("llama, gemma3"), "{e}");
+        assert!(e.contains("qwen.gguf"), "{e}");
+    }
+
+    #[test]
+    fn truncated_or_incomplete_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tiny.gguf");
+        write_tiny(&p, "llama", None);
+        let len = std::fs::metadata(&p).unwrap().len();
+        // Tensor data cut off.
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(len - 100).unwrap();
+        let e = load_err(&p);
+        assert!(e.contains("tiny.gguf") && e.contains("truncated"), "{e}");
+        // Header cut off.
+        f.set_len(40).unwrap();
+        let e = load_err(&p);
+        assert!(
+            e.contains("tiny.gguf") && e.contains("not a valid GGUF"),
+            "{e}"
+        );
+        // Not a GGUF at all.
+        std::fs::write(&p, b"hello").unwrap();
+        assert!(load_err(&p).contains("tiny.gguf"));
+        // A tensor missing.
+        write_tiny(&p, "llama", Some("blk.1.ffn_up.weight"));
+        let e = load_err(&p);
+        assert!(
+            e.contains("blk.1.ffn_up.weight") && e.contains("tiny.gguf"),
+            "{e}"
+        );
+        // No such file.
+        assert!(load_err(&dir.path().join("absent.gguf")).contains("absent.gguf"));
+    }
+
+    #[test]
+    fn tiny_model_modes_cache_and_chunking_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tiny.gguf");
+        write_tiny(&p, "llama", None);
+        let mut f32m = CausalLm::load(&p, WeightMode::DequantizedF32, &Device::Cpu).unwrap();
+        let mut qm = CausalLm::load(&p, WeightMode::Quantized, &Device::Cpu).unwrap();
+        let prompt: Vec<u32> = (0..50).map(|i| (i * 7 + 3) % VOCAB as u32).collect();
+        let ids: Vec<u32> = (0..VOCAB as u32).collect();
+
+        let mut c = KvCache::new(&f32m);
+        let h = f32m.forward(&prompt, &mut c, None).unwrap();
+        let reference = f32m.logits_for(&h, &ids).unwrap();
+        // Full projection agrees with the gathered rows.
+        let full = f32m.full_logits(&h).unwrap();
+        assert!(max_abs_diff(&full, &reference) < 1e-5);
+
+        // Prefill with quantized weights dequantizes: same numbers.
+        let mut c = KvCache::new(&qm);
+        let q = first_logits(&mut qm, &mut c, &prompt, &ids).unwrap();
+        assert!(
+            max_abs_diff(&q, &reference) < 1e-4,
+            "{q:?} vs {reference:?}"
+        );
+
+        // Chunked prefill (chunks of 7) equals one pass.
+        f32m.set_prefill_chunk(7);
+        let mut c = KvCache::new(&f32m);
+        let h = f32m.forward(&prompt, &mut c, None).unwrap();
+        let chunked = f32m.logits_for(&h, &ids).unwrap();
+        // Rounding only (logits are ~10 here; the reduction order changes).
+        assert!(max_abs_diff(&chunked, &reference) < 1e-4);
+
+        // Token by token (decoding path) equals one pass too.
+        let mut c = KvCache::new(&f32m);
+        let mut h = None;
+        for t in &prompt {
+            h = Some(f32m.forward(&[*t], &mut c, None).unwrap());
+        }
+        let stepwise = f32m.logits_for(&h.unwrap(), &ids).unwrap();
+        assert!(max_abs_diff(&stepwise, &reference) < 1e-4);
+
+        // A different prompt gives different logits (the test can fail).
+        let mut other = prompt.clone();
+        other[10] = (other[10] + 1) % VOCAB as u32;
+        let mut c = KvCache::new(&f32m);
+        let h = f32m.forward(&other, &mut c, None).unwrap();
+        assert!(max_abs_diff(&f32m.logits_for(&h, &ids).unwrap(), &reference) > 1e-3);
+    }
+}

@@ -35,6 +35,14 @@ pub fn shared_dir() -> PathBuf {
 /// The model file under `FIRSTRANK_CACHE` (itself or its `models/`), else
 /// `~/.cache/firstrank/models/`.
 pub fn model_path(file: &str) -> Option<PathBuf> {
+    if std::env::var("FIRSTRANK_FETCH_MODELS").as_deref() == Ok("1") {
+        let name = firstrank_models::fetch::default_models()
+            .iter()
+            .find(|m| m.file == file)
+            .map(|m| m.name)
+            .expect("a default model file");
+        return Some(firstrank_models::fetch::ensure_model(name).expect("fetching the model"));
+    }
     let mut candidates = Vec::new();
     if let Some(c) = std::env::var_os("FIRSTRANK_CACHE") {
         let c = PathBuf::from(c);
