@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Rerank first-stage candidates and write a TREC run and/or a JSONL result.
-    Rerank(rerank::RerankArgs),
+    Rerank(Box<rerank::RerankArgs>),
     /// Score TREC runs against qrels with trec_eval's conventions.
     Eval(eval::EvalArgs),
     /// List, fetch and verify the default models.
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
     let result = match cli.command {
-        Command::Rerank(args) => rerank::run(args, cli.quiet),
+        Command::Rerank(args) => rerank::run(*args, cli.quiet),
         Command::Eval(args) => eval::run(args, cli.quiet),
         Command::Models(cmd) => models::run(cmd),
     };

@@ -1,8 +1,6 @@
 //! Command-line options shared by every command that loads an LLM reranker
 //! (rerank now; bench and serve later), and turning them into a loaded model.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use firstrank_core::prompt::{PromptOptions, PromptTemplate};
@@ -138,10 +136,4 @@ impl LlmArgs {
         );
         Ok(reranker)
     }
-}
-
-/// Where a default model lives in the cache (for messages).
-#[allow(dead_code)]
-pub fn cache_hint() -> PathBuf {
-    firstrank_models::fetch::cache_dir()
 }
