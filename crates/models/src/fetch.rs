@@ -254,6 +254,10 @@ pub fn cache_dir() -> PathBuf {
 /// or a directory for `minilm`). A model already in the cache is checked by size (hash it with
 /// [`verify`]); a freshly assembled one by size and sha256.
 pub fn ensure_model(name: &str) -> Result<PathBuf> {
+    // Threads of one process (e.g. parallel tests) fetch one at a time, so two
+    // of them never assemble the same model into the same place at once.
+    static FETCH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let model = default_model(name).ok_or_else(|| unknown_model(name))?;
     let cache = cache_dir();
     ensure_in(
