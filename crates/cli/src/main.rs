@@ -8,6 +8,7 @@ mod model_args;
 mod models;
 mod progress;
 mod rerank;
+mod retrieval;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,10 @@ enum Command {
     Rerank(Box<rerank::RerankArgs>),
     /// Score TREC runs against qrels with trec_eval's conventions.
     Eval(eval::EvalArgs),
+    /// Build a first-stage index (BM25, optionally dense) over a corpus.
+    Index(retrieval::IndexArgs),
+    /// First-stage retrieval (BM25, dense or hybrid) into candidates for `rerank`.
+    Retrieve(retrieval::RetrieveArgs),
     /// List, fetch and verify the default models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -62,6 +67,8 @@ fn main() -> ExitCode {
         Command::Rerank(args) => rerank::run(*args, cli.quiet),
         Command::Eval(args) => eval::run(args, cli.quiet),
         Command::Models(cmd) => models::run(cmd),
+        Command::Index(args) => retrieval::index(args, cli.quiet),
+        Command::Retrieve(args) => retrieval::retrieve(args, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -431,3 +431,78 @@ fn help_reads_well() {
     let o = firstrank(&["rerank", "--help"]);
     assert!(stdout(&o).contains("--resume"));
 }
+
+#[test]
+fn index_retrieve_then_rerank_consumes_the_candidates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let corpus = d.join("corpus.jsonl");
+    write(
+        &corpus,
+        br#"{"docid": "d1", "text": "fleas live for about a year on their hosts"}
+{"docid": "d2", "title": "Cats", "text": "cats sleep most of the day"}
+{"docid": "d3", "text": "the flea life cycle has egg larva pupa and adult stages"}
+"#,
+    );
+    let topics = d.join("topics.tsv");
+    write(&topics, b"1\tflea life cycle\n2\tcats\n");
+    let index = d.join("index");
+    let o = firstrank(&["index", "-q", "--corpus", p(&corpus), "--index", p(&index)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Indexing again into the same directory refuses to overwrite it.
+    let o = firstrank(&["index", "-q", "--corpus", p(&corpus), "--index", p(&index)]);
+    assert!(!o.status.success());
+
+    let cands = d.join("cands.jsonl");
+    let o = firstrank(&[
+        "retrieve",
+        "-q",
+        "--index",
+        p(&index),
+        "--topics",
+        p(&topics),
+        "-k",
+        "2",
+        "--output",
+        p(&cands),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&cands)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["candidates"][0]["docid"], "d3");
+    assert_eq!(lines[1]["candidates"][0]["docid"], "d2");
+
+    let out = d.join("out.trec");
+    let o = firstrank(&[
+        "rerank",
+        "-q",
+        "--input",
+        p(&cands),
+        "--output",
+        p(&out),
+        "--diagnostic-scorer",
+        "reverse",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .starts_with("1 Q0 d1 1 "));
+
+    // A corrupted index is a clear error.
+    write(&index.join("manifest.json"), b"{broken");
+    let o = firstrank(&[
+        "retrieve",
+        "--index",
+        p(&index),
+        "--topics",
+        p(&topics),
+        "--output",
+        p(&cands),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("manifest"), "{}", stderr(&o));
+}
