@@ -13,9 +13,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
+use firstrank_core::formats::format_request_jsonl;
 use firstrank_core::{Candidate, Query, Request};
 use firstrank_models::embed::SentenceEncoder;
-use serde::Serialize;
 
 use crate::bm25::{Bm25Index, Bm25Params, Hit};
 use crate::dense::DenseIndex;
@@ -263,49 +263,12 @@ pub fn rrf(runs: &[&Vec<Hit>], rrf_k: f64, k: usize) -> Vec<(u64, f64)> {
     out
 }
 
-#[derive(Serialize)]
-struct JsonlDoc<'a> {
-    contents: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    title: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct JsonlCandidate<'a> {
-    docid: &'a str,
-    score: f64,
-    doc: JsonlDoc<'a>,
-}
-
-#[derive(Serialize)]
-struct JsonlRequest<'a> {
-    query: &'a Query,
-    candidates: Vec<JsonlCandidate<'a>>,
-}
-
-/// Writes rank_llm request JSONL (`{"query": {"qid", "text"}, "candidates":
-/// [{"docid", "score", "doc": {"contents", "title"?}}]}` per line), which
-/// `firstrank rerank` reads directly. Written atomically.
+/// Writes rank_llm request JSONL (core's [`format_request_jsonl`] per query),
+/// which `firstrank rerank` reads directly. Written atomically.
 pub fn write_request_jsonl(path: &Path, requests: &[Request]) -> Result<()> {
     let mut w = firstrank_core::formats::AtomicWriter::create(path)?;
     for r in requests {
-        let line = JsonlRequest {
-            query: &r.query,
-            candidates: r
-                .candidates
-                .iter()
-                .map(|c| JsonlCandidate {
-                    docid: &c.docid,
-                    score: c.score,
-                    doc: JsonlDoc {
-                        contents: &c.text,
-                        title: c.title.as_deref(),
-                    },
-                })
-                .collect(),
-        };
-        serde_json::to_writer(&mut w, &line)?;
-        w.write_all(b"\n")
+        w.write_all(format_request_jsonl(r)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     w.commit()?;

@@ -68,7 +68,9 @@ use serde::Deserialize;
 
 use crate::{Candidate, Error, Request, Result};
 
-pub use output::{completed_qids, AtomicWriter, OutputConfig, OutputKind, OutputSink};
+pub use output::{
+    completed_qids, format_request_jsonl, AtomicWriter, OutputConfig, OutputKind, OutputSink,
+};
 pub use trec::{read_corpus_subset, read_topics, read_trec_run, RunEntry};
 
 /// A stream of requests; it ends after the first error.

@@ -54,6 +54,7 @@ use super::lines::Lines;
 use super::trec::parse_run_line;
 use super::Id;
 use crate::window::{RerankOutcome, WindowRecord};
+use crate::Request;
 use crate::{Error, Result};
 
 // ---------------------------------------------------------------------------
@@ -160,6 +161,51 @@ pub fn format_jsonl(outcome: &RerankOutcome) -> Result<String> {
         Error::Invalid(format!(
             "query {}: cannot encode JSON: {e}",
             outcome.query.qid
+        ))
+    })?;
+    s.push('\n');
+    Ok(s)
+}
+
+#[derive(Serialize)]
+struct RequestCandidate<'a> {
+    docid: &'a str,
+    score: f64,
+    doc: JsonlDoc<'a>,
+}
+
+#[derive(Serialize)]
+struct RequestLine<'a> {
+    query: JsonlQuery<'a>,
+    candidates: Vec<RequestCandidate<'a>>,
+}
+
+/// One request as a rank_llm request JSONL line (`{"query": {"text", "qid"},
+/// "candidates": [{"docid", "score", "doc": {"contents", "title"?}}]}`), with
+/// its trailing newline: the shape [`super::open_requests`] reads back.
+pub fn format_request_jsonl(request: &Request) -> Result<String> {
+    let line = RequestLine {
+        query: JsonlQuery {
+            text: &request.query.text,
+            qid: &request.query.qid,
+        },
+        candidates: request
+            .candidates
+            .iter()
+            .map(|c| RequestCandidate {
+                docid: &c.docid,
+                score: c.score,
+                doc: JsonlDoc {
+                    contents: &c.text,
+                    title: c.title.as_deref(),
+                },
+            })
+            .collect(),
+    };
+    let mut s = serde_json::to_string(&line).map_err(|e| {
+        Error::Invalid(format!(
+            "query {}: cannot encode JSON: {e}",
+            request.query.qid
         ))
     })?;
     s.push('\n');
