@@ -27,7 +27,7 @@ use crate::chat::ChatTemplate;
 use crate::fetch::{resolve_model_arg, ModelLocation};
 use crate::first::first_logits;
 use crate::gguf_tokenizer::{tokenizer_from_gguf_file, GgufTokenizer};
-use crate::transformer::{argmax, CausalLm, KvCache, WeightMode};
+use crate::transformer::{argmax, CausalLm, KvCache, WeightMode, EXACT_MIN_TOKENS};
 
 /// How a window is scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -301,7 +301,9 @@ impl LlmReranker {
         prompt_ids: &[u32],
         max_new_tokens: usize,
     ) -> Result<(String, usize)> {
-        let cached = self.cache.reuse_prefix(prompt_ids);
+        let cached = self
+            .cache
+            .reuse_prefix_leaving(prompt_ids, EXACT_MIN_TOKENS);
         let before = self.model.forward_calls();
         let mut hidden = self
             .model
