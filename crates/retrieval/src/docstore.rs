@@ -151,11 +151,7 @@ impl DocStore {
                 self.path.display()
             )
         })?;
-        Ok(Document {
-            docid: d.docid,
-            title: d.title,
-            text: d.text,
-        })
+        Ok(d.into())
     }
 
     /// Every document in ordinal order, read sequentially.
@@ -172,11 +168,17 @@ impl DocStore {
                     self.path.display()
                 )
             })?;
-            Ok(Document {
-                docid: d.docid,
-                title: d.title,
-                text: d.text,
-            })
+            Ok(d.into())
         }))
+    }
+}
+
+impl From<StoredDoc> for Document {
+    fn from(d: StoredDoc) -> Self {
+        Document {
+            docid: d.docid,
+            title: d.title,
+            text: d.text,
+        }
     }
 }

@@ -157,12 +157,13 @@ pub fn format_jsonl(outcome: &RerankOutcome) -> Result<String> {
             .collect(),
         windows: &outcome.windows,
     };
-    let mut s = serde_json::to_string(&line).map_err(|e| {
-        Error::Invalid(format!(
-            "query {}: cannot encode JSON: {e}",
-            outcome.query.qid
-        ))
-    })?;
+    json_line(&line, &outcome.query.qid)
+}
+
+/// `value` as one JSON line with its trailing newline.
+fn json_line(value: &impl Serialize, qid: &str) -> Result<String> {
+    let mut s = serde_json::to_string(value)
+        .map_err(|e| Error::Invalid(format!("query {qid}: cannot encode JSON: {e}")))?;
     s.push('\n');
     Ok(s)
 }
@@ -202,14 +203,7 @@ pub fn format_request_jsonl(request: &Request) -> Result<String> {
             })
             .collect(),
     };
-    let mut s = serde_json::to_string(&line).map_err(|e| {
-        Error::Invalid(format!(
-            "query {}: cannot encode JSON: {e}",
-            request.query.qid
-        ))
-    })?;
-    s.push('\n');
-    Ok(s)
+    json_line(&line, &request.query.qid)
 }
 
 // ---------------------------------------------------------------------------
