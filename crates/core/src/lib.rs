@@ -11,6 +11,7 @@ pub mod prompt;
 pub mod qrels;
 pub mod significance;
 pub mod textfix;
+pub mod training;
 pub mod window;
 
 pub use candidate::{Candidate, Query, Request};

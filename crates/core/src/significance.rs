@@ -88,11 +88,32 @@ pub fn paired_t_test(a: &[f64], b: &[f64]) -> Result<TTestResult> {
     })
 }
 
-/// splitmix64 (Steele, Lea & Flood 2014): a tiny generator with a fixed stream.
-struct SplitMix64(u64);
+/// splitmix64 (Steele, Lea & Flood 2014): a tiny generator with a fixed
+/// stream, also used to sample and shuffle training windows reproducibly.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    /// A value in `0..n` (`n > 0`; the modulo bias is below 2^-40 for the
+    /// small `n` used here).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// Fisher-Yates shuffle.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
+    }
+
+    /// A float in `[0, 1)`.
+    pub fn unit_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -9,4 +9,5 @@ pub mod fetch;
 pub mod first;
 pub mod gguf_tokenizer;
 pub mod reranker;
+pub mod train;
 pub mod transformer;

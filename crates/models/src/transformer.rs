@@ -23,8 +23,21 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{DType, Device, Tensor};
 
+use crate::train::lora::{LoraSet, LoraTarget};
 use weights::{GgufReader, Linear, RowMatrix};
 pub use weights::{WeightMode, EXACT_MIN_TOKENS};
+
+/// What a training forward pass adds to inference: adapters, their input
+/// dropout, and NEFTune embedding noise.
+#[derive(Clone, Copy, Default)]
+pub struct TrainContext<'a> {
+    pub adapters: Option<&'a LoraSet>,
+    /// LoRA dropout probability on the adapter input (0 = off).
+    pub dropout: f32,
+    /// NEFTune alpha: uniform embedding noise of magnitude
+    /// `alpha / sqrt(tokens * hidden)` (None = off).
+    pub embedding_noise: Option<f32>,
+}
 
 /// The GGUF `general.architecture` values this module can run.
 pub const SUPPORTED_ARCHS: &[&str] = &["llama", "gemma3"];
@@ -551,7 +564,7 @@ impl CausalLm {
             } else {
                 None
             };
-            match self.forward_chunk(chunk, cache, t, kernel) {
+            match self.forward_chunk(chunk, cache, t, kernel, None) {
                 Ok(h) => last = Some(h),
                 Err(e) => {
                     cache.rollback(start);
@@ -559,15 +572,72 @@ impl CausalLm {
                 }
             }
         }
-        last.context("no chunk processed")
+        let x = last.context("no chunk processed")?;
+        let c = &self.config;
+        let last = x.narrow(0, x.dim(0)? - 1, 1)?;
+        let out = rms_norm(&last, &self.final_norm, c.rms_eps)?.reshape(c.hidden)?;
+        if let Some(t) = taps {
+            t.push(("final_norm".to_string(), out.clone()));
+        }
+        Ok(out)
     }
 
+    /// The differentiable forward pass used for training: all of `tokens` in
+    /// one pass from an empty cache, with the LoRA adapters of `train` added
+    /// to their projections, and gradient-carrying versions of the fused
+    /// kernels (RMSNorm, RoPE, softmax) that candle implements without a
+    /// backward pass. Returns the final-normed hidden states of every
+    /// position, `[tokens, hidden]`. Needs dense weights
+    /// ([`WeightMode::DequantizedF32`]).
+    pub fn forward_train(&self, tokens: &[u32], train: &TrainContext<'_>) -> Result<Tensor> {
+        ensure!(!tokens.is_empty(), "forward called with no tokens");
+        ensure!(
+            self.mode == WeightMode::DequantizedF32,
+            "training needs the f32 weight mode (dequantized weights)"
+        );
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+            bail!(
+                "token id {bad} is out of range for a vocabulary of {}",
+                self.config.vocab
+            );
+        }
+        ensure!(
+            tokens.len() <= self.config.context_length,
+            "{} positions exceed the model's context length {}",
+            tokens.len(),
+            self.config.context_length
+        );
+        let mut cache = KvCache::new(self);
+        let x = self.forward_chunk(tokens, &mut cache, None, false, Some(train))?;
+        let c = &self.config;
+        rms_norm_train(&x, &self.final_norm, c.rms_eps)
+    }
+
+    /// Logits of `token_ids` at each row of `hidden` (`[n, hidden]` →
+    /// `[n, token_ids.len()]`), differentiable (for the ranking loss).
+    pub fn logits_rows_train(&self, hidden: &Tensor, token_ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(token_ids, &self.device)?;
+        let rows = self.head().rows(&ids)?;
+        let logits = hidden.matmul(&rows.t()?)?;
+        self.softcap(logits)
+    }
+
+    /// Full-vocabulary logits of each row of `hidden`, differentiable (for
+    /// the language-modelling loss).
+    pub fn logits_all_train(&self, hidden: &Tensor) -> Result<Tensor> {
+        let logits = self.head().project_all(hidden)?;
+        self.softcap(logits)
+    }
+
+    /// Runs one chunk and returns the hidden states of all its positions
+    /// before the final norm, `[tokens, hidden]`.
     fn forward_chunk(
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
         mut taps: Option<&mut Vec<(String, Tensor)>>,
         kernel: bool,
+        train: Option<&TrainContext<'_>>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let dev = &self.device;
@@ -587,6 +657,29 @@ impl CausalLm {
         } else {
             tap("embed", &x)?;
         }
+        if let Some(alpha) = train.and_then(|t| t.embedding_noise) {
+            // NEFTune: uniform noise of magnitude alpha / sqrt(len * hidden).
+            let mag = f64::from(alpha) / ((s * c.hidden) as f64).sqrt();
+            let noise = (Tensor::rand(-1f32, 1f32, x.shape(), dev)? * mag)?;
+            x = (x + noise)?;
+        }
+        let norm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            if train.is_some() {
+                rms_norm_train(x, w, c.rms_eps)
+            } else {
+                rms_norm(x, w, c.rms_eps)
+            }
+        };
+        let linear = |i: usize, target: LoraTarget, w: &Linear, x: &Tensor| -> Result<Tensor> {
+            let y = w.forward(x, kernel)?;
+            match train.and_then(|t| t.adapters.map(|a| (a, t.dropout))) {
+                Some((adapters, dropout)) => match adapters.get(i, target) {
+                    Some(pair) => Ok((y + pair.delta(x, dropout)?)?),
+                    None => Ok(y),
+                },
+                None => Ok(y),
+            }
+        };
         // RoPE tables for this chunk's positions, one per distinct frequency set.
         let ropes = self
             .rope_freqs
@@ -609,44 +702,41 @@ impl CausalLm {
                 .context("mask")?;
             let (cos, sin) = &ropes[layer.rope];
             let resid = &x;
-            let h = rms_norm(&x, &layer.attn_norm, c.rms_eps)?;
+            let h = norm(&x, &layer.attn_norm)?;
+            let proj = |target: LoraTarget, w: &Linear, x: &Tensor| linear(i, target, w, x);
             let mut a = self.attention(
                 layer,
                 &h,
                 &mut cache.layers[i],
                 (cos, sin),
-                *k0,
-                mask,
-                kernel,
+                (*k0, mask),
+                &proj,
+                train.is_some(),
             )?;
             if let Some(n) = &layer.post_attn_norm {
-                a = rms_norm(&a, n, c.rms_eps)?;
+                a = norm(&a, n)?;
             }
             let x1 = (resid + a)?;
-            let h = rms_norm(&x1, &layer.ffn_norm, c.rms_eps)?;
-            let gate = layer.gate.forward(&h, kernel)?;
+            let h = norm(&x1, &layer.ffn_norm)?;
+            let gate = proj(LoraTarget::Gate, &layer.gate, &h)?;
             let gate = match c.activation {
                 Activation::Silu => candle_nn::ops::silu(&gate)?,
                 Activation::GeluTanh => gate.gelu()?,
             };
-            let mut m = layer
-                .down
-                .forward(&(gate * layer.up.forward(&h, kernel)?)?, kernel)?;
+            let up = proj(LoraTarget::Up, &layer.up, &h)?;
+            let mut m = proj(LoraTarget::Down, &layer.down, &(gate * up)?)?;
             if let Some(n) = &layer.post_ffn_norm {
-                m = rms_norm(&m, n, c.rms_eps)?;
+                m = norm(&m, n)?;
             }
             x = (x1 + m)?;
             tap(&format!("layer{i}_out"), &x)?;
         }
         cache.tokens.extend_from_slice(tokens);
-        let last = x.narrow(0, s - 1, 1)?;
-        let out = rms_norm(&last, &self.final_norm, c.rms_eps)?.reshape(c.hidden)?;
-        if let Some(t) = taps {
-            t.push(("final_norm".to_string(), out.clone()));
-        }
-        Ok(out)
+        Ok(x)
     }
 
+    /// Self-attention of one layer; `proj` applies a projection (plus its
+    /// adapter when training); `train` selects differentiable kernels.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -654,27 +744,36 @@ impl CausalLm {
         x: &Tensor,
         slot: &mut Option<(Tensor, Tensor)>,
         (cos, sin): (&Tensor, &Tensor),
-        k0: usize,
-        mask: &Tensor,
-        kernel: bool,
+        (k0, mask): (usize, &Tensor),
+        proj: &dyn Fn(LoraTarget, &Linear, &Tensor) -> Result<Tensor>,
+        train: bool,
     ) -> Result<Tensor> {
         let c = &self.config;
         let (s, hd, nh, nkv) = (x.dim(0)?, c.head_dim, c.n_heads, c.n_kv_heads);
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((s, n, hd))?.transpose(0, 1)?.contiguous()?)
         };
-        let mut q = heads(layer.wq.forward(x, kernel)?, nh)?;
-        let mut k = heads(layer.wk.forward(x, kernel)?, nkv)?;
-        let v = heads(layer.wv.forward(x, kernel)?, nkv)?;
+        let mut q = heads(proj(LoraTarget::Q, &layer.wq, x)?, nh)?;
+        let mut k = heads(proj(LoraTarget::K, &layer.wk, x)?, nkv)?;
+        let v = heads(proj(LoraTarget::V, &layer.wv, x)?, nkv)?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            q = rms_norm(&q, qn, c.rms_eps)?;
-            k = rms_norm(&k, kn, c.rms_eps)?;
+            if train {
+                q = rms_norm_train(&q, qn, c.rms_eps)?;
+                k = rms_norm_train(&k, kn, c.rms_eps)?;
+            } else {
+                q = rms_norm(&q, qn, c.rms_eps)?;
+                k = rms_norm(&k, kn, c.rms_eps)?;
+            }
         }
         let rope = |t: &Tensor| -> Result<Tensor> {
             let t4 = t.unsqueeze(0)?;
-            let r = match c.rope_style {
-                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&t4, cos, sin)?,
-                RopeStyle::HalfSplit => candle_nn::rotary_emb::rope(&t4, cos, sin)?,
+            let r = match (c.rope_style, train) {
+                (RopeStyle::Interleaved, false) => candle_nn::rotary_emb::rope_i(&t4, cos, sin)?,
+                (RopeStyle::HalfSplit, false) => candle_nn::rotary_emb::rope(&t4, cos, sin)?,
+                (RopeStyle::Interleaved, true) => {
+                    candle_nn::rotary_emb::rope_i_slow(&t4, cos, sin)?
+                }
+                (RopeStyle::HalfSplit, true) => candle_nn::rotary_emb::rope_slow(&t4, cos, sin)?,
             };
             Ok(r.squeeze(0)?)
         };
@@ -703,13 +802,95 @@ impl CausalLm {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
         let scores = scores.reshape((nkv, group, s, tk))?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((nkv, group * s, tk))?;
+        let probs = if train {
+            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let probs = probs.reshape((nkv, group * s, tk))?;
         let out = probs.matmul(&v_use.contiguous()?)?;
         let out = out
             .reshape((nh, s, hd))?
             .transpose(0, 1)?
             .reshape((s, nh * hd))?;
-        layer.wo.forward(&out, kernel)
+        proj(LoraTarget::O, &layer.wo, &out)
+    }
+
+    /// The projection `target` of layer `layer`.
+    pub(crate) fn projection(&self, layer: usize, target: LoraTarget) -> Option<&Linear> {
+        let l = self.layers.get(layer)?;
+        Some(match target {
+            LoraTarget::Q => &l.wq,
+            LoraTarget::K => &l.wk,
+            LoraTarget::V => &l.wv,
+            LoraTarget::O => &l.wo,
+            LoraTarget::Gate => &l.gate,
+            LoraTarget::Up => &l.up,
+            LoraTarget::Down => &l.down,
+        })
+    }
+
+    fn projection_mut(&mut self, layer: usize, target: LoraTarget) -> Option<&mut Linear> {
+        let l = self.layers.get_mut(layer)?;
+        Some(match target {
+            LoraTarget::Q => &mut l.wq,
+            LoraTarget::K => &mut l.wk,
+            LoraTarget::V => &mut l.wv,
+            LoraTarget::O => &mut l.wo,
+            LoraTarget::Gate => &mut l.gate,
+            LoraTarget::Up => &mut l.up,
+            LoraTarget::Down => &mut l.down,
+        })
+    }
+
+    /// `[out, in]` of a projection.
+    pub fn projection_dims(&self, layer: usize, target: LoraTarget) -> Option<(usize, usize)> {
+        self.projection(layer, target).map(Linear::dims)
+    }
+
+    /// Replaces a projection's weight by a dense `[out, in]` tensor (full
+    /// fine-tuning puts trainable variables here; merging adapters puts
+    /// `W + scale·B·A`).
+    pub fn set_projection(&mut self, layer: usize, target: LoraTarget, w: Tensor) -> Result<()> {
+        let dims = self
+            .projection_dims(layer, target)
+            .with_context(|| format!("the model has no layer {layer}"))?;
+        ensure!(
+            w.dims() == [dims.0, dims.1],
+            "layer {layer} {}: weight of shape {:?}, expected [{}, {}]",
+            target.peft_name(),
+            w.dims(),
+            dims.0,
+            dims.1
+        );
+        let slot = self
+            .projection_mut(layer, target)
+            .context("projection exists")?;
+        *slot = Linear::Dense(w.to_dtype(DType::F32)?);
+        Ok(())
+    }
+
+    /// The dense f32 weight of a projection.
+    pub fn projection_weight(&self, layer: usize, target: LoraTarget) -> Result<Tensor> {
+        self.projection(layer, target)
+            .with_context(|| format!("the model has no layer {layer}"))?
+            .dense_weight()
+    }
+
+    /// Adds every adapter's `scale·B·A` to its projection (quantized weights
+    /// become dense f32). Returns how many projections changed.
+    pub fn merge_lora(&mut self, set: &LoraSet) -> Result<usize> {
+        let mut merged = 0;
+        for ((layer, target), pair) in set.iter() {
+            let w = self.projection_weight(*layer, *target)?;
+            let delta = pair.merged_delta()?.to_device(&self.device)?;
+            // Detached: a weight derived from the adapter's variables would
+            // otherwise make every activation record its autograd graph (and
+            // the KV cache keep whole forward passes alive).
+            self.set_projection(*layer, *target, (w + delta)?.detach())?;
+            merged += 1;
+        }
+        Ok(merged)
     }
 
     fn head(&self) -> &RowMatrix {
@@ -758,6 +939,12 @@ impl CausalLm {
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * w`.
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?)
+}
+
+/// [`rms_norm`] from elementary ops, so gradients flow through it (candle's
+/// fused kernel has no backward pass).
+fn rms_norm_train(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(candle_nn::ops::rms_norm_slow(x, w, eps as f32)?)
 }
 
 /// Inverse frequencies `1 / (theta^(2i/d) · scale · factor_i)`, in f32 like

@@ -177,6 +177,23 @@ impl Linear {
         })
     }
 
+    /// The weight as dense f32 `[out, in]` (dequantized if quantized).
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        Ok(match self {
+            Linear::Quant { q, .. } => q.dequantize(&q.device())?.to_dtype(DType::F32)?,
+            Linear::Dense(w) => w.clone(),
+        })
+    }
+
+    /// `[out, in]` of the weight.
+    pub fn dims(&self) -> (usize, usize) {
+        let d = match self {
+            Linear::Quant { q, .. } => q.shape().dims().to_vec(),
+            Linear::Dense(w) => w.dims().to_vec(),
+        };
+        (d[0], d[1])
+    }
+
     /// `x: [n, in]` → `[n, out]`; `kernel`: use the quantized kernel (else
     /// dequantize a quantized weight and multiply in f32).
     pub fn forward(&self, x: &Tensor, kernel: bool) -> Result<Tensor> {

@@ -1,0 +1,531 @@
+//! LoRA adapters on the transformer's projections: creation, the low-rank
+//! update used in the training forward pass, merging into the base weights,
+//! and saving/loading in PEFT's layout so adapters move between firstrank and
+//! Hugging Face tools.
+//!
+//! An adapter on a projection `W: [out, in]` adds `scale · B·A·x` with
+//! `A: [r, in]`, `B: [out, r]`, `scale = alpha / r`. As in PEFT, `A` starts
+//! Kaiming-uniform (bound `1/sqrt(in)`) and `B` at zero, so training starts
+//! from the base model; dropout applies to the adapter's input only.
+//!
+//! Files (`adapter_config.json` + `adapter_model.safetensors`) use PEFT's
+//! names, `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`
+//! and so on. llama-architecture GGUF files store the query and key rows
+//! permuted for llama.cpp's interleaved RoPE; the `B` matrices of `q_proj`
+//! and `k_proj` are permuted back to Hugging Face's row order on save and
+//! forward again on load, so a saved adapter applies to the Hugging Face
+//! checkpoint of the same model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use firstrank_core::significance::SplitMix64;
+use serde::{Deserialize, Serialize};
+
+use crate::transformer::{CausalLm, RopeStyle};
+
+/// A projection an adapter can sit on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LoraTarget {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl LoraTarget {
+    pub const ALL: [LoraTarget; 7] = [
+        LoraTarget::Q,
+        LoraTarget::K,
+        LoraTarget::V,
+        LoraTarget::O,
+        LoraTarget::Gate,
+        LoraTarget::Up,
+        LoraTarget::Down,
+    ];
+
+    /// PEFT's / Hugging Face's module name (`q_proj`, ...).
+    pub fn peft_name(self) -> &'static str {
+        match self {
+            LoraTarget::Q => "q_proj",
+            LoraTarget::K => "k_proj",
+            LoraTarget::V => "v_proj",
+            LoraTarget::O => "o_proj",
+            LoraTarget::Gate => "gate_proj",
+            LoraTarget::Up => "up_proj",
+            LoraTarget::Down => "down_proj",
+        }
+    }
+
+    fn module(self) -> &'static str {
+        match self {
+            LoraTarget::Q | LoraTarget::K | LoraTarget::V | LoraTarget::O => "self_attn",
+            _ => "mlp",
+        }
+    }
+
+    /// Accepts PEFT names (`q_proj`) and short ones (`q`, `gate`).
+    pub fn parse(name: &str) -> Result<Self> {
+        let n = name.trim().trim_end_matches("_proj");
+        Ok(match n {
+            "q" => LoraTarget::Q,
+            "k" => LoraTarget::K,
+            "v" => LoraTarget::V,
+            "o" => LoraTarget::O,
+            "gate" => LoraTarget::Gate,
+            "up" => LoraTarget::Up,
+            "down" => LoraTarget::Down,
+            _ => bail!(
+                "unknown LoRA target `{name}`; expected some of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"
+            ),
+        })
+    }
+
+    /// The Hugging Face parameter path of this projection in layer `i`.
+    pub fn hf_path(self, layer: usize) -> String {
+        format!(
+            "model.layers.{layer}.{}.{}",
+            self.module(),
+            self.peft_name()
+        )
+    }
+}
+
+/// Rank, scaling, dropout and targets of a set of adapters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f32,
+    pub targets: Vec<LoraTarget>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            rank: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            targets: LoraTarget::ALL.to_vec(),
+        }
+    }
+}
+
+impl LoraConfig {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.rank > 0, "LoRA rank must be at least 1 (got 0)");
+        ensure!(
+            self.alpha > 0.0 && self.alpha.is_finite(),
+            "LoRA alpha must be positive (got {})",
+            self.alpha
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.dropout),
+            "LoRA dropout must be in [0, 1) (got {})",
+            self.dropout
+        );
+        ensure!(
+            !self.targets.is_empty(),
+            "LoRA needs at least one target projection"
+        );
+        Ok(())
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+}
+
+/// One adapter: `A: [r, in]`, `B: [out, r]` (trainable) and its scale.
+#[derive(Debug, Clone)]
+pub struct LoraPair {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
+}
+
+impl LoraPair {
+    /// `scale · B·A·x` for `x: [n, in]`, with dropout on `x` when `dropout > 0`.
+    pub fn delta(&self, x: &Tensor, dropout: f32) -> candle_core::Result<Tensor> {
+        let x = if dropout > 0.0 {
+            candle_nn::ops::dropout(x, dropout)?
+        } else {
+            x.clone()
+        };
+        x.matmul(&self.a.as_tensor().t()?)?
+            .matmul(&self.b.as_tensor().t()?)?
+            * self.scale
+    }
+
+    /// `scale · B·A`, `[out, in]`, detached from the autograd graph.
+    pub fn merged_delta(&self) -> Result<Tensor> {
+        Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?.detach())
+    }
+}
+
+/// The adapters of a model, keyed by (layer, projection).
+#[derive(Debug, Clone)]
+pub struct LoraSet {
+    config: LoraConfig,
+    pairs: BTreeMap<(usize, LoraTarget), LoraPair>,
+    /// Heads per projection when q/k rows are stored permuted (llama GGUF):
+    /// (query heads, key heads, head dim).
+    qk_permutation: Option<(usize, usize, usize)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AdapterConfigFile {
+    peft_type: String,
+    task_type: String,
+    r: usize,
+    lora_alpha: f64,
+    lora_dropout: f32,
+    target_modules: Vec<String>,
+    bias: String,
+    fan_in_fan_out: bool,
+    #[serde(default)]
+    base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    inference_mode: bool,
+    #[serde(default)]
+    use_rslora: bool,
+}
+
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+
+fn qk_permutation(model: &CausalLm) -> Option<(usize, usize, usize)> {
+    let c = model.config();
+    (c.rope_style == RopeStyle::Interleaved).then_some((c.n_heads, c.n_kv_heads, c.head_dim))
+}
+
+/// For the rows of `heads` heads of `head_dim`: `idx[hf_row] = gguf_row`.
+fn gguf_row_of_hf_row(heads: usize, head_dim: usize) -> Vec<u32> {
+    let half = head_dim / 2;
+    let mut idx = vec![0u32; heads * head_dim];
+    for h in 0..heads {
+        for c in 0..2 {
+            for i in 0..half {
+                idx[h * head_dim + c * half + i] = (h * head_dim + 2 * i + c) as u32;
+            }
+        }
+    }
+    idx
+}
+
+fn invert(perm: &[u32]) -> Vec<u32> {
+    let mut inv = vec![0u32; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p as usize] = i as u32;
+    }
+    inv
+}
+
+impl LoraSet {
+    /// Fresh adapters (`A` Kaiming-uniform from `seed`, `B` zero) on every
+    /// layer's `config.targets`.
+    pub fn new(model: &CausalLm, config: &LoraConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let device = model.device();
+        let mut rng = SplitMix64(seed);
+        let mut pairs = BTreeMap::new();
+        for layer in 0..model.config().n_layers {
+            for &target in &config.targets {
+                let (out, inp) = model.projection_dims(layer, target).context("projection")?;
+                let bound = 1.0 / (inp as f64).sqrt();
+                let a: Vec<f32> = (0..config.rank * inp)
+                    .map(|_| ((rng.unit_f64() * 2.0 - 1.0) * bound) as f32)
+                    .collect();
+                let a = Tensor::from_vec(a, (config.rank, inp), device)?;
+                let b = Tensor::zeros((out, config.rank), DType::F32, device)?;
+                pairs.insert(
+                    (layer, target),
+                    LoraPair {
+                        a: Var::from_tensor(&a)?,
+                        b: Var::from_tensor(&b)?,
+                        scale: config.scale(),
+                    },
+                );
+            }
+        }
+        Ok(Self {
+            config: config.clone(),
+            pairs,
+            qk_permutation: qk_permutation(model),
+        })
+    }
+
+    pub fn config(&self) -> &LoraConfig {
+        &self.config
+    }
+
+    pub fn get(&self, layer: usize, target: LoraTarget) -> Option<&LoraPair> {
+        self.pairs.get(&(layer, target))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&(usize, LoraTarget), &LoraPair)> {
+        self.pairs.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// The trainable variables, `A` then `B` of each adapter in key order.
+    pub fn vars(&self) -> Vec<Var> {
+        self.pairs
+            .values()
+            .flat_map(|p| [p.a.clone(), p.b.clone()])
+            .collect()
+    }
+
+    /// Number of trainable values.
+    pub fn parameter_count(&self) -> usize {
+        self.pairs
+            .values()
+            .map(|p| p.a.elem_count() + p.b.elem_count())
+            .sum()
+    }
+
+    fn row_permutation(&self, target: LoraTarget, to_hf: bool) -> Option<Vec<u32>> {
+        let (nh, nkv, hd) = self.qk_permutation?;
+        let heads = match target {
+            LoraTarget::Q => nh,
+            LoraTarget::K => nkv,
+            _ => return None,
+        };
+        let hf_to_gguf = gguf_row_of_hf_row(heads, hd);
+        Some(if to_hf {
+            hf_to_gguf
+        } else {
+            invert(&hf_to_gguf)
+        })
+    }
+
+    /// The tensors under PEFT's names (B rows in Hugging Face order), in `dtype`.
+    pub fn named_tensors(&self, dtype: DType) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for ((layer, target), pair) in &self.pairs {
+            let prefix = format!("base_model.model.{}", target.hf_path(*layer));
+            let mut b = pair.b.as_tensor().clone();
+            if let Some(perm) = self.row_permutation(*target, true) {
+                let idx = Tensor::new(perm.as_slice(), b.device())?;
+                b = b.index_select(&idx, 0)?;
+            }
+            out.insert(
+                format!("{prefix}.lora_A.weight"),
+                pair.a
+                    .as_tensor()
+                    .to_dtype(dtype)?
+                    .to_device(&Device::Cpu)?,
+            );
+            out.insert(
+                format!("{prefix}.lora_B.weight"),
+                b.to_dtype(dtype)?.to_device(&Device::Cpu)?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Writes `adapter_config.json` and `adapter_model.safetensors` into
+    /// `dir` (created if needed), each through a temporary file and a rename.
+    pub fn save(&self, dir: &Path, dtype: DType, base_model: &str) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create adapter directory {}", dir.display()))?;
+        let tensors = self.named_tensors(dtype)?;
+        let weights = dir.join(ADAPTER_WEIGHTS);
+        let tmp = dir.join(format!(".{ADAPTER_WEIGHTS}.tmp"));
+        candle_core::safetensors::save(&tensors, &tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &weights)
+            .with_context(|| format!("cannot write {}", weights.display()))?;
+        let config = AdapterConfigFile {
+            peft_type: "LORA".into(),
+            task_type: "CAUSAL_LM".into(),
+            r: self.config.rank,
+            lora_alpha: self.config.alpha,
+            lora_dropout: self.config.dropout,
+            target_modules: self
+                .config
+                .targets
+                .iter()
+                .map(|t| t.peft_name().to_string())
+                .collect(),
+            bias: "none".into(),
+            fan_in_fan_out: false,
+            base_model_name_or_path: Some(base_model.to_string()),
+            inference_mode: true,
+            use_rslora: false,
+        };
+        let path = dir.join(ADAPTER_CONFIG);
+        let tmp = dir.join(format!(".{ADAPTER_CONFIG}.tmp"));
+        std::fs::write(&tmp, serde_json::to_string_pretty(&config)? + "\n")
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Loads a PEFT LoRA adapter directory for `model`; errors name the file
+    /// and the tensor or field at fault.
+    pub fn load(dir: &Path, model: &CausalLm) -> Result<Self> {
+        let config_path = dir.join(ADAPTER_CONFIG);
+        let text = std::fs::read_to_string(&config_path).with_context(|| {
+            format!(
+                "{}: cannot read the adapter config (is {} a LoRA adapter directory?)",
+                config_path.display(),
+                dir.display()
+            )
+        })?;
+        let file: AdapterConfigFile = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a PEFT adapter config", config_path.display()))?;
+        ensure!(
+            file.peft_type.eq_ignore_ascii_case("lora"),
+            "{}: peft_type is `{}`, only LORA adapters are supported",
+            config_path.display(),
+            file.peft_type
+        );
+        ensure!(
+            !file.use_rslora,
+            "{}: rsLoRA scaling is not supported",
+            config_path.display()
+        );
+        let targets = file
+            .target_modules
+            .iter()
+            .map(|t| LoraTarget::parse(t))
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| format!("{}: target_modules", config_path.display()))?;
+        let config = LoraConfig {
+            rank: file.r,
+            alpha: file.lora_alpha,
+            dropout: file.lora_dropout,
+            targets,
+        };
+        config
+            .validate()
+            .with_context(|| format!("{}", config_path.display()))?;
+        let weights_path = dir.join(ADAPTER_WEIGHTS);
+        let device = model.device();
+        let tensors =
+            candle_core::safetensors::load(&weights_path, &Device::Cpu).with_context(|| {
+                format!(
+                    "{}: cannot read the adapter weights",
+                    weights_path.display()
+                )
+            })?;
+        let mut set = Self {
+            config: config.clone(),
+            pairs: BTreeMap::new(),
+            qk_permutation: qk_permutation(model),
+        };
+        for layer in 0..model.config().n_layers {
+            for &target in &config.targets {
+                let prefix = format!("base_model.model.{}", target.hf_path(layer));
+                let get = |suffix: &str| -> Result<Tensor> {
+                    let name = format!("{prefix}.{suffix}.weight");
+                    let t = tensors.get(&name).with_context(|| {
+                        format!("{}: tensor `{name}` is missing", weights_path.display())
+                    })?;
+                    Ok(t.to_dtype(DType::F32)?.to_device(device)?)
+                };
+                let (out, inp) = model.projection_dims(layer, target).context("projection")?;
+                let a = get("lora_A")?;
+                let mut b = get("lora_B")?;
+                ensure!(
+                    a.dims() == [config.rank, inp] && b.dims() == [out, config.rank],
+                    "{}: {prefix}: lora_A {:?} / lora_B {:?} do not fit a [{out}, {inp}] projection at rank {}",
+                    weights_path.display(),
+                    a.dims(),
+                    b.dims(),
+                    config.rank
+                );
+                if let Some(perm) = set.row_permutation(target, false) {
+                    let idx = Tensor::new(perm.as_slice(), device)?;
+                    b = b.index_select(&idx, 0)?;
+                }
+                set.pairs.insert(
+                    (layer, target),
+                    LoraPair {
+                        a: Var::from_tensor(&a)?,
+                        b: Var::from_tensor(&b)?,
+                        scale: config.scale(),
+                    },
+                );
+            }
+        }
+        Ok(set)
+    }
+
+    /// Replaces the values of every adapter (same keys and shapes) from
+    /// `tensors` in PEFT names, as written by [`LoraSet::named_tensors`].
+    pub fn set_from(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for ((layer, target), pair) in &self.pairs {
+            let prefix = format!("base_model.model.{}", target.hf_path(*layer));
+            for (suffix, var) in [("lora_A", &pair.a), ("lora_B", &pair.b)] {
+                let name = format!("{prefix}.{suffix}.weight");
+                let t = tensors
+                    .get(&name)
+                    .with_context(|| format!("tensor `{name}` is missing"))?
+                    .to_dtype(DType::F32)?
+                    .to_device(var.device())?;
+                let t = match (suffix, self.row_permutation(*target, false)) {
+                    ("lora_B", Some(perm)) => {
+                        let idx = Tensor::new(perm.as_slice(), var.device())?;
+                        t.index_select(&idx, 0)?
+                    }
+                    _ => t,
+                };
+                var.set(&t)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qk_row_permutation_matches_llama_cpp_layout() {
+        // One head of dim 4: HF rows [x0 x1 | y0 y1] are stored by llama.cpp
+        // as [x0 y0 x1 y1] (pairs interleaved).
+        let idx = gguf_row_of_hf_row(1, 4);
+        assert_eq!(idx, vec![0, 2, 1, 3]);
+        let two = gguf_row_of_hf_row(2, 4);
+        assert_eq!(two, vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        assert_eq!(invert(&invert(&two)), two);
+    }
+
+    #[test]
+    fn targets_parse_peft_and_short_names() {
+        assert_eq!(LoraTarget::parse("q_proj").unwrap(), LoraTarget::Q);
+        assert_eq!(LoraTarget::parse("down").unwrap(), LoraTarget::Down);
+        assert!(LoraTarget::parse("lm_head").is_err());
+        assert_eq!(LoraTarget::Gate.hf_path(3), "model.layers.3.mlp.gate_proj");
+    }
+
+    #[test]
+    fn config_validation() {
+        let bad = LoraConfig {
+            rank: 0,
+            ..LoraConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("rank"));
+        let bad = LoraConfig {
+            dropout: 1.0,
+            ..LoraConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        assert_eq!(LoraConfig::default().scale(), 2.0);
+    }
+}

@@ -1,0 +1,670 @@
+//! The training loop: turns training lists into token sequences, computes
+//! FIRST's losses with the differentiable forward pass, and updates LoRA
+//! adapters (or, for full fine-tuning, every projection matrix) with AdamW,
+//! warmup and decay, gradient accumulation and clipping; checkpoints for
+//! `--resume` and the final adapter.
+//!
+//! One example is one sequence: the chat-formatted prompt exactly as
+//! reranking builds it, then the target permutation and the end-of-turn
+//! token. The ranking loss reads the identifier logits at the position
+//! after the assistant's `[` (the position FIRST scores at inference); the
+//! generation loss covers every target token. Ranking-only runs stop the
+//! forward pass at that position.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use firstrank_core::prompt::IdentifierStyle;
+use firstrank_core::significance::SplitMix64;
+use firstrank_core::training::TrainingList;
+use serde::{Deserialize, Serialize};
+
+use super::lora::{LoraConfig, LoraSet, LoraTarget};
+use super::loss::{lm_loss, weighted_ranknet, Objective, FIRST_RANKING_WEIGHT};
+use super::optim::{clip_grad_norm, learning_rate, AdamW, Schedule};
+use crate::chat::ChatMessage;
+use crate::reranker::LlmReranker;
+use crate::transformer::{CausalLm, RopeStyle, TrainContext};
+
+/// A training list as token ids, with the positions the losses read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedExample {
+    pub id: String,
+    /// Prompt, `[`, target permutation, end-of-turn token.
+    pub tokens: Vec<u32>,
+    /// The position whose next-token logits score the identifiers.
+    pub rank_position: usize,
+    /// Target order of the window's passages (0-based, best first).
+    pub order: Vec<usize>,
+    /// The last prompt position: positions `lm_start..` predict the target.
+    pub lm_start: usize,
+}
+
+/// Tokenizes a list with the reranker's chat template and tokenizer and
+/// checks that it lines up with what FIRST scores at inference.
+pub fn prepare_example(list: &TrainingList, reranker: &LlmReranker) -> Result<PreparedExample> {
+    let template = &reranker.config().template;
+    let style = template.identifiers;
+    let order = list
+        .target_order(style)
+        .map_err(|e| anyhow::anyhow!("list {}: {e}", list.id))?;
+    let n = order.len();
+    ensure!(
+        n >= 2 && n <= reranker.identifier_ids().len(),
+        "list {}: {n} passages; the model's identifiers cover 2..={}",
+        list.id,
+        reranker.identifier_ids().len()
+    );
+    let chat = reranker.chat();
+    let tok = reranker.tokenizer();
+    let prompt = chat.chat_prompt(list.system.as_deref(), &list.user)?;
+    let mut messages = Vec::with_capacity(3);
+    if let Some(s) = &list.system {
+        messages.push(ChatMessage::system(s));
+    }
+    messages.push(ChatMessage::user(&list.user));
+    messages.push(ChatMessage::assistant(&list.target));
+    let rendered = chat.render(&messages, false)?;
+    let full_text = match rendered.strip_prefix(&prompt) {
+        Some(rest) if rest.starts_with(&list.target) => rendered.clone(),
+        _ => {
+            // Templates whose full rendering is not the prompt plus the
+            // answer: append the answer and an end token ourselves.
+            let eos = tok.eos.as_ref().map(|(t, _)| t.as_str()).unwrap_or("");
+            format!("{prompt}{}{eos}", list.target)
+        }
+    };
+    let prompt_ids = tok.encode_raw(&prompt)?;
+    let with_prefix = tok.encode_raw(&format!("{prompt}{}", template.assistant_prefix))?;
+    let mut tokens = tok.encode_raw(&full_text)?;
+    ensure!(
+        tokens.starts_with(&with_prefix) && with_prefix.starts_with(&prompt_ids),
+        "list {}: the prompt does not tokenize as a prefix of prompt + answer (target `{}` must start with `{}`)",
+        list.id,
+        list.target,
+        template.assistant_prefix
+    );
+    let rank_position = with_prefix.len() - 1;
+    let first_identifier = reranker.identifier_ids()[order[0]];
+    ensure!(
+        tokens.get(rank_position + 1) == Some(&first_identifier),
+        "list {}: after `{}` the answer's first token is not the identifier token of passage {}",
+        list.id,
+        template.assistant_prefix,
+        order[0] + 1
+    );
+    // The answer ends at its first end-of-turn token.
+    if let Some(end) = tokens[prompt_ids.len()..]
+        .iter()
+        .position(|t| reranker.stop_ids().contains(t))
+    {
+        tokens.truncate(prompt_ids.len() + end + 1);
+    }
+    let _ = style == IdentifierStyle::Alpha;
+    Ok(PreparedExample {
+        id: list.id.clone(),
+        tokens,
+        rank_position,
+        order,
+        lm_start: prompt_ids.len() - 1,
+    })
+}
+
+/// LoRA adapters or full fine-tuning of the projection matrices.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdapterKind {
+    Lora(LoraConfig),
+    /// Every attention and MLP projection is trained (embeddings and norms
+    /// stay frozen).
+    Full,
+}
+
+/// Hyper-parameters of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOptions {
+    pub objective: Objective,
+    /// λ in `generation + λ · ranking`.
+    pub ranking_weight: f64,
+    pub adapter: AdapterKind,
+    pub learning_rate: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (else `epochs` over the data).
+    pub max_steps: Option<usize>,
+    /// Examples per optimizer step.
+    pub grad_accum: usize,
+    /// Global gradient-norm clip (0: off).
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    /// NEFTune noise alpha (FIRST used 5; None: off).
+    pub neftune_alpha: Option<f32>,
+    pub seed: u64,
+    /// Write a resumable checkpoint every this many optimizer steps (0: only
+    /// at the end).
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            objective: Objective::Combined,
+            ranking_weight: FIRST_RANKING_WEIGHT,
+            adapter: AdapterKind::Lora(LoraConfig::default()),
+            learning_rate: 2e-4,
+            schedule: Schedule::Cosine,
+            warmup_steps: 10,
+            epochs: 1,
+            max_steps: None,
+            grad_accum: 8,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            neftune_alpha: Some(5.0),
+            seed: 1,
+            checkpoint_every: 50,
+        }
+    }
+}
+
+impl TrainOptions {
+    pub fn validate(&self) -> Result<()> {
+        if let AdapterKind::Lora(c) = &self.adapter {
+            c.validate()?;
+        }
+        ensure!(
+            self.learning_rate > 0.0 && self.learning_rate.is_finite(),
+            "learning rate must be positive"
+        );
+        ensure!(
+            self.grad_accum >= 1,
+            "gradient accumulation must be at least 1"
+        );
+        ensure!(
+            self.epochs >= 1 || self.max_steps.is_some(),
+            "epochs must be at least 1"
+        );
+        ensure!(
+            self.ranking_weight >= 0.0,
+            "ranking weight must not be negative"
+        );
+        Ok(())
+    }
+
+    /// Optimizer steps the run takes over `examples`.
+    pub fn total_steps(&self, examples: usize) -> usize {
+        self.max_steps
+            .unwrap_or_else(|| (examples * self.epochs).div_ceil(self.grad_accum))
+    }
+}
+
+/// Progress after one optimizer step.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub step: usize,
+    pub total_steps: usize,
+    /// Mean over the step's examples.
+    pub loss: f64,
+    pub ranking_loss: Option<f64>,
+    pub generation_loss: Option<f64>,
+    pub learning_rate: f64,
+    pub grad_norm: f64,
+    pub tokens: usize,
+    pub elapsed_s: f64,
+}
+
+/// What a finished run reports (also written as `training.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub base_model: String,
+    pub objective: String,
+    pub adapter: String,
+    pub examples: usize,
+    pub steps: usize,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub final_loss: f64,
+    pub first_loss: f64,
+    pub trainable_parameters: usize,
+    pub options: String,
+}
+
+enum Trainable {
+    Lora(LoraSet),
+    Full(Vec<((usize, LoraTarget), Var)>),
+}
+
+impl Trainable {
+    fn vars(&self) -> Vec<Var> {
+        match self {
+            Trainable::Lora(s) => s.vars(),
+            Trainable::Full(v) => v.iter().map(|(_, v)| v.clone()).collect(),
+        }
+    }
+
+    fn named_tensors(&self, model: &CausalLm, dtype: DType) -> Result<HashMap<String, Tensor>> {
+        match self {
+            Trainable::Lora(s) => s.named_tensors(dtype),
+            Trainable::Full(vars) => full_named_tensors(model, vars, dtype),
+        }
+    }
+}
+
+/// Full fine-tuning output: every projection under its Hugging Face name, rows
+/// in Hugging Face order.
+pub const FULL_WEIGHTS: &str = "projections.safetensors";
+
+fn hf_rows(model: &CausalLm, target: LoraTarget) -> Option<Vec<u32>> {
+    let c = model.config();
+    if c.rope_style != RopeStyle::Interleaved {
+        return None;
+    }
+    let heads = match target {
+        LoraTarget::Q => c.n_heads,
+        LoraTarget::K => c.n_kv_heads,
+        _ => return None,
+    };
+    let (hd, half) = (c.head_dim, c.head_dim / 2);
+    let mut idx = vec![0u32; heads * hd];
+    for h in 0..heads {
+        for k in 0..2 {
+            for i in 0..half {
+                idx[h * hd + k * half + i] = (h * hd + 2 * i + k) as u32;
+            }
+        }
+    }
+    Some(idx)
+}
+
+fn full_named_tensors(
+    model: &CausalLm,
+    vars: &[((usize, LoraTarget), Var)],
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for ((layer, target), var) in vars {
+        let mut w = var.as_tensor().clone();
+        if let Some(idx) = hf_rows(model, *target) {
+            w = w.index_select(&Tensor::new(idx.as_slice(), w.device())?, 0)?;
+        }
+        out.insert(
+            format!("{}.weight", target.hf_path(*layer)),
+            w.to_dtype(dtype)?.to_device(&Device::Cpu)?,
+        );
+    }
+    Ok(out)
+}
+
+/// Loads a full fine-tuning output into `model`'s projections.
+pub fn load_full_weights(model: &mut CausalLm, path: &Path) -> Result<usize> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{}: cannot read the projection weights", path.display()))?;
+    let mut n = 0;
+    for layer in 0..model.config().n_layers {
+        for target in LoraTarget::ALL {
+            let name = format!("{}.weight", target.hf_path(layer));
+            let Some(t) = tensors.get(&name) else {
+                continue;
+            };
+            let mut w = t.to_dtype(DType::F32)?.to_device(model.device())?;
+            if let Some(idx) = hf_rows(model, target) {
+                let mut inv = vec![0u32; idx.len()];
+                for (i, &p) in idx.iter().enumerate() {
+                    inv[p as usize] = i as u32;
+                }
+                w = w.index_select(&Tensor::new(inv.as_slice(), w.device())?, 0)?;
+            }
+            model
+                .set_projection(layer, target, w)
+                .with_context(|| format!("{}: `{name}`", path.display()))?;
+            n += 1;
+        }
+    }
+    ensure!(n > 0, "{}: no projection weights found", path.display());
+    Ok(n)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    step: usize,
+    examples: usize,
+    seed: u64,
+    objective: String,
+    tokens: usize,
+    first_loss: f64,
+    elapsed_s: f64,
+}
+
+const CHECKPOINT_DIR: &str = "checkpoint";
+
+/// Losses of one example: (total to minimise, ranking part, generation part).
+pub fn example_loss(
+    model: &CausalLm,
+    ctx: &TrainContext<'_>,
+    ex: &PreparedExample,
+    objective: Objective,
+    ranking_weight: f64,
+    identifier_ids: &[u32],
+) -> Result<(Tensor, Option<f64>, Option<f64>)> {
+    let upto = if objective.uses_generation() {
+        ex.tokens.len() - 1
+    } else {
+        ex.rank_position + 1
+    };
+    let hidden = model.forward_train(&ex.tokens[..upto], ctx)?;
+    let mut total: Option<Tensor> = None;
+    let mut rank = None;
+    let mut gen = None;
+    if objective.uses_ranking() {
+        let h = hidden.narrow(0, ex.rank_position, 1)?;
+        let n = ex.order.len();
+        let scores = model
+            .logits_rows_train(&h, &identifier_ids[..n])?
+            .squeeze(0)?;
+        let l = weighted_ranknet(&scores, &ex.order)?;
+        rank = Some(l.to_scalar::<f32>()? as f64);
+        let weight = if objective == Objective::Combined {
+            ranking_weight
+        } else {
+            1.0
+        };
+        total = Some((l * weight)?);
+    }
+    if objective.uses_generation() {
+        let h = hidden.narrow(0, ex.lm_start, upto - ex.lm_start)?;
+        let logits = model.logits_all_train(&h)?;
+        let l = lm_loss(&logits, &ex.tokens[ex.lm_start + 1..])?;
+        gen = Some(l.to_scalar::<f32>()? as f64);
+        total = Some(match total {
+            Some(t) => (t + l)?,
+            None => l,
+        });
+    }
+    Ok((total.context("no loss")?, rank, gen))
+}
+
+/// Trains on `examples` and writes the adapter (or projections) into
+/// `out_dir`; with `resume`, continues from `out_dir/checkpoint`.
+pub fn train(
+    reranker: &mut LlmReranker,
+    examples: &[PreparedExample],
+    opts: &TrainOptions,
+    out_dir: &Path,
+    resume: bool,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<TrainSummary> {
+    opts.validate()?;
+    ensure!(!examples.is_empty(), "no training examples");
+    let identifier_ids = reranker.identifier_ids().to_vec();
+    let base_name = reranker.name().to_string();
+    let trainable = match &opts.adapter {
+        AdapterKind::Lora(c) => Trainable::Lora(LoraSet::new(reranker.model(), c, opts.seed)?),
+        AdapterKind::Full => {
+            let model = reranker.model_mut();
+            let mut vars = Vec::new();
+            for layer in 0..model.config().n_layers {
+                for target in LoraTarget::ALL {
+                    let var = Var::from_tensor(&model.projection_weight(layer, target)?)?;
+                    model.set_projection(layer, target, var.as_tensor().clone())?;
+                    vars.push(((layer, target), var));
+                }
+            }
+            Trainable::Full(vars)
+        }
+    };
+    let vars = trainable.vars();
+    let trainable_parameters = vars.iter().map(|v| v.elem_count()).sum();
+    let mut opt = AdamW::new(vars.clone(), opts.weight_decay)?;
+    let total_steps = opts.total_steps(examples.len());
+    let checkpoint = out_dir.join(CHECKPOINT_DIR);
+    let mut consumed = 0usize;
+    let mut tokens_seen = 0usize;
+    let mut first_loss = f64::NAN;
+    let mut elapsed_before = 0.0;
+    if resume {
+        let state_path = checkpoint.join("state.json");
+        let state: CheckpointState = serde_json::from_str(
+            &std::fs::read_to_string(&state_path)
+                .with_context(|| format!("--resume: cannot read {}", state_path.display()))?,
+        )
+        .with_context(|| format!("{}: not a firstrank checkpoint", state_path.display()))?;
+        ensure!(
+            state.seed == opts.seed && state.objective == opts.objective.to_string(),
+            "--resume: the checkpoint was written with seed {} and objective {}, not {} and {}",
+            state.seed,
+            state.objective,
+            opts.seed,
+            opts.objective
+        );
+        let weights =
+            candle_core::safetensors::load(checkpoint.join("weights.safetensors"), &Device::Cpu)
+                .context("--resume: checkpoint weights")?;
+        match &trainable {
+            Trainable::Lora(s) => s.set_from(&weights)?,
+            Trainable::Full(vars) => {
+                let named = full_named_tensors(reranker.model(), vars, DType::F32)?;
+                for (((layer, target), var), _) in vars.iter().zip(named) {
+                    let name = format!("{}.weight", target.hf_path(*layer));
+                    let mut w = weights
+                        .get(&name)
+                        .with_context(|| format!("--resume: `{name}` missing"))?
+                        .to_device(var.device())?;
+                    if let Some(idx) = hf_rows(reranker.model(), *target) {
+                        let mut inv = vec![0u32; idx.len()];
+                        for (i, &p) in idx.iter().enumerate() {
+                            inv[p as usize] = i as u32;
+                        }
+                        w = w.index_select(&Tensor::new(inv.as_slice(), w.device())?, 0)?;
+                    }
+                    var.set(&w)?;
+                }
+            }
+        }
+        let opt_state =
+            candle_core::safetensors::load(checkpoint.join("optimizer.safetensors"), &Device::Cpu)
+                .context("--resume: optimizer state")?;
+        opt.load_state(&opt_state)?;
+        ensure!(
+            opt.steps() == state.step,
+            "--resume: checkpoint step mismatch"
+        );
+        consumed = state.examples;
+        tokens_seen = state.tokens;
+        first_loss = state.first_loss;
+        elapsed_before = state.elapsed_s;
+        tracing::info!(
+            "resuming at step {} ({} examples done)",
+            state.step,
+            consumed
+        );
+    }
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let started = Instant::now();
+    // Example order: a fresh shuffle per epoch from the seed.
+    let order_for_epoch = |epoch: usize| -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..examples.len()).collect();
+        SplitMix64(opts.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9)).shuffle(&mut idx);
+        idx
+    };
+    let lora_dropout = match &opts.adapter {
+        AdapterKind::Lora(c) => c.dropout,
+        AdapterKind::Full => 0.0,
+    };
+    let mut last_loss = f64::NAN;
+    let mut epoch_cache: Option<(usize, Vec<usize>)> = None;
+    while opt.steps() < total_steps {
+        let step = opt.steps();
+        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let (mut loss_sum, mut rank_sum, mut gen_sum) = (0.0, 0.0, 0.0);
+        let (mut rank_n, mut gen_n) = (0usize, 0usize);
+        let mut step_tokens = 0;
+        for _ in 0..opts.grad_accum {
+            let epoch = consumed / examples.len();
+            if epoch_cache.as_ref().map(|(e, _)| *e) != Some(epoch) {
+                epoch_cache = Some((epoch, order_for_epoch(epoch)));
+            }
+            let idx = epoch_cache
+                .as_ref()
+                .map(|(_, o)| o[consumed % examples.len()])
+                .unwrap_or(0);
+            consumed += 1;
+            let ex = &examples[idx];
+            let ctx = TrainContext {
+                adapters: match &trainable {
+                    Trainable::Lora(s) => Some(s),
+                    Trainable::Full(_) => None,
+                },
+                dropout: lora_dropout,
+                embedding_noise: opts.neftune_alpha,
+            };
+            let (loss, rank, gen) = example_loss(
+                reranker.model(),
+                &ctx,
+                ex,
+                opts.objective,
+                opts.ranking_weight,
+                &identifier_ids,
+            )
+            .with_context(|| format!("training example {}", ex.id))?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                bail!(
+                    "training example {}: the loss is {value}; lower the learning rate",
+                    ex.id
+                );
+            }
+            loss_sum += value;
+            if let Some(r) = rank {
+                rank_sum += r;
+                rank_n += 1;
+            }
+            if let Some(g) = gen {
+                gen_sum += g;
+                gen_n += 1;
+            }
+            step_tokens += ex.tokens.len();
+            let store = (loss / opts.grad_accum as f64)?.backward()?;
+            for (slot, var) in grads.iter_mut().zip(&vars) {
+                if let Some(g) = store.get(var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+        }
+        let grad_norm = clip_grad_norm(&mut grads, opts.max_grad_norm)?;
+        let lr = learning_rate(
+            opts.learning_rate,
+            opts.schedule,
+            opts.warmup_steps,
+            total_steps,
+            step,
+        );
+        opt.step(&grads, lr)?;
+        tokens_seen += step_tokens;
+        last_loss = loss_sum / opts.grad_accum as f64;
+        if first_loss.is_nan() {
+            first_loss = last_loss;
+        }
+        let elapsed = elapsed_before + started.elapsed().as_secs_f64();
+        on_step(&StepReport {
+            step: opt.steps(),
+            total_steps,
+            loss: last_loss,
+            ranking_loss: (rank_n > 0).then(|| rank_sum / rank_n as f64),
+            generation_loss: (gen_n > 0).then(|| gen_sum / gen_n as f64),
+            learning_rate: lr,
+            grad_norm,
+            tokens: step_tokens,
+            elapsed_s: elapsed,
+        });
+        let done = opt.steps() >= total_steps;
+        if opts.checkpoint_every > 0 && (opt.steps() % opts.checkpoint_every == 0 || done) {
+            let state = CheckpointState {
+                step: opt.steps(),
+                examples: consumed,
+                seed: opts.seed,
+                objective: opts.objective.to_string(),
+                tokens: tokens_seen,
+                first_loss,
+                elapsed_s: elapsed,
+            };
+            write_checkpoint(out_dir, &trainable, reranker.model(), &opt, &state)?;
+        }
+    }
+    let seconds = elapsed_before + started.elapsed().as_secs_f64();
+    match &trainable {
+        Trainable::Lora(s) => s.save(out_dir, DType::F16, &base_name)?,
+        Trainable::Full(vars) => {
+            let tensors = full_named_tensors(reranker.model(), vars, DType::F16)?;
+            let tmp = out_dir.join(format!(".{FULL_WEIGHTS}.tmp"));
+            candle_core::safetensors::save(&tensors, &tmp)?;
+            std::fs::rename(&tmp, out_dir.join(FULL_WEIGHTS))?;
+        }
+    }
+    let summary = TrainSummary {
+        base_model: base_name,
+        objective: opts.objective.to_string(),
+        adapter: match &opts.adapter {
+            AdapterKind::Lora(c) => format!(
+                "lora r={} alpha={} dropout={} targets={}",
+                c.rank,
+                c.alpha,
+                c.dropout,
+                c.targets
+                    .iter()
+                    .map(|t| t.peft_name())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            AdapterKind::Full => "full".into(),
+        },
+        examples: examples.len(),
+        steps: opt.steps(),
+        tokens: tokens_seen,
+        seconds,
+        final_loss: last_loss,
+        first_loss,
+        trainable_parameters,
+        options: format!("{opts:?}"),
+    };
+    let path = out_dir.join("training.json");
+    let tmp = out_dir.join(".training.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&summary)? + "\n")?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(summary)
+}
+
+fn write_checkpoint(
+    out_dir: &Path,
+    trainable: &Trainable,
+    model: &CausalLm,
+    opt: &AdamW,
+    state: &CheckpointState,
+) -> Result<()> {
+    let tmp: PathBuf = out_dir.join(format!(".{CHECKPOINT_DIR}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    candle_core::safetensors::save(
+        &trainable.named_tensors(model, DType::F32)?,
+        tmp.join("weights.safetensors"),
+    )?;
+    candle_core::safetensors::save(&opt.state()?, tmp.join("optimizer.safetensors"))?;
+    std::fs::write(
+        tmp.join("state.json"),
+        serde_json::to_string_pretty(state)? + "\n",
+    )?;
+    let dest = out_dir.join(CHECKPOINT_DIR);
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest)?;
+    }
+    std::fs::rename(&tmp, &dest)
+        .with_context(|| format!("cannot write checkpoint {}", dest.display()))?;
+    Ok(())
+}

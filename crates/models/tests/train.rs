@@ -1,0 +1,348 @@
+//! FIRST training on the real SmolLM2 model: the gradient of the whole
+//! differentiable forward pass against finite differences, and a small
+//! overfit run whose adapter, saved in PEFT layout and merged back into a
+//! quantized model, makes FIRST put the target passage first.
+
+mod transformer_support;
+
+use candle_core::{Device, Tensor};
+use firstrank_core::prompt::{self, PromptOptions, PromptTemplate};
+use firstrank_core::significance::SplitMix64;
+use firstrank_core::training::{permutation_text, TrainingList};
+use firstrank_core::window::WindowScorer;
+use firstrank_core::{Candidate, Query};
+use firstrank_models::chat::ChatTemplate;
+use firstrank_models::gguf_tokenizer::tokenizer_from_gguf_file;
+use firstrank_models::reranker::{LlmReranker, RerankerConfig};
+use firstrank_models::train::merge::{merge_into_gguf, MergedType};
+use firstrank_models::train::trainer::example_loss;
+use firstrank_models::train::{
+    prepare_example, train, AdapterKind, LoraConfig, LoraSet, LoraTarget, Objective, Schedule,
+    TrainOptions,
+};
+use firstrank_models::transformer::{CausalLm, TrainContext, WeightMode};
+use transformer_support::{model_path, SMOLLM2};
+
+fn reranker(weights: WeightMode) -> Option<LlmReranker> {
+    let path = model_path(SMOLLM2.file)?;
+    let tok = tokenizer_from_gguf_file(&path).unwrap();
+    let chat = ChatTemplate::from_optional(tok.chat_template.as_deref(), "", "").unwrap();
+    let model = CausalLm::load(&path, weights, &Device::Cpu).unwrap();
+    let config = RerankerConfig {
+        weights,
+        max_window: 4,
+        ..RerankerConfig::default()
+    };
+    Some(LlmReranker::assemble(model, tok, chat, config, "smollm2".into()).unwrap())
+}
+
+fn window(texts: &[&str]) -> Vec<Candidate> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Candidate {
+            docid: format!("d{i}"),
+            score: 0.0,
+            title: None,
+            text: t.to_string(),
+        })
+        .collect()
+}
+
+/// A training list over `texts` whose target puts passage `order[0]` first.
+fn list(id: &str, query: &str, texts: &[&str], order: &[usize]) -> TrainingList {
+    let template = PromptTemplate::rank_zephyr_alpha();
+    let p = prompt::build(
+        query,
+        &window(texts),
+        &template,
+        &PromptOptions::rank_llm(),
+        None,
+    )
+    .unwrap();
+    TrainingList {
+        id: id.into(),
+        system: Some(p.system),
+        user: p.user,
+        target: permutation_text(order, template.identifiers).unwrap(),
+    }
+}
+
+const QUERY_A: &str = "how do bees make honey";
+const PASSAGES_A: [&str; 3] = [
+    "The stock market fell sharply on Tuesday.",
+    "Bees collect nectar and evaporate it in the hive to make honey.",
+    "Paris is the capital of France.",
+];
+const QUERY_B: &str = "boiling point of water";
+const PASSAGES_B: [&str; 3] = [
+    "Cats sleep for most of the day.",
+    "Football is played with eleven players per side.",
+    "Water boils at 100 degrees Celsius at sea level.",
+];
+
+#[test]
+fn training_examples_line_up_with_first_inference() {
+    let Some(r) = reranker(WeightMode::DequantizedF32) else {
+        eprintln!("SKIP: SmolLM2 not available");
+        return;
+    };
+    let l = list("a", QUERY_A, &PASSAGES_A, &[1, 0, 2]);
+    let ex = prepare_example(&l, &r).unwrap();
+    // The rank position is the `[` after the generation prompt: the prompt
+    // FIRST scores at inference is exactly the tokens up to it.
+    let mut r2 = reranker(WeightMode::DequantizedF32).unwrap();
+    let q = Query {
+        qid: "a".into(),
+        text: QUERY_A.into(),
+    };
+    let (_, inference_ids) = r2.window_input(&q, &window(&PASSAGES_A)).unwrap();
+    assert_eq!(&ex.tokens[..=ex.rank_position], inference_ids.as_slice());
+    assert_eq!(ex.tokens[ex.rank_position + 1], r.identifier_ids()[1]);
+    // The answer ends with one end-of-turn token.
+    assert!(r.stop_ids().contains(ex.tokens.last().unwrap()));
+    assert_eq!(ex.order, vec![1, 0, 2]);
+    // A target that is not a permutation is refused with the list named.
+    let mut bad = l.clone();
+    bad.target = "[B] > [B] > [A]".into();
+    let err = prepare_example(&bad, &r).unwrap_err().to_string();
+    assert!(err.contains("list a"), "{err}");
+}
+
+#[test]
+fn lora_gradient_through_the_model_matches_finite_differences() {
+    let Some(r) = reranker(WeightMode::DequantizedF32) else {
+        eprintln!("SKIP: SmolLM2 not available");
+        return;
+    };
+    let model = r.model();
+    let config = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Down],
+    };
+    let set = LoraSet::new(model, &config, 5).unwrap();
+    // Non-zero B so gradients reach A too.
+    let mut rng = SplitMix64(9);
+    for (_, pair) in set.iter() {
+        let dims = pair.b.dims().to_vec();
+        let vals: Vec<f32> = (0..dims[0] * dims[1])
+            .map(|_| (rng.unit_f64() as f32 - 0.5) * 0.2)
+            .collect();
+        pair.b
+            .set(&Tensor::from_vec(vals, (dims[0], dims[1]), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let ex = prepare_example(&list("a", QUERY_A, &PASSAGES_A, &[1, 0, 2]), &r).unwrap();
+    let ctx = TrainContext {
+        adapters: Some(&set),
+        dropout: 0.0,
+        embedding_noise: None,
+    };
+    let ids = r.identifier_ids().to_vec();
+    for objective in [Objective::Ranking, Objective::Generation] {
+        let loss = |ctx: &TrainContext<'_>| {
+            let (l, _, _) = example_loss(model, ctx, &ex, objective, 1.0, &ids).unwrap();
+            l
+        };
+        let l0 = loss(&ctx);
+        let grads = l0.backward().unwrap();
+        // Check the largest gradient entry of three matrices: the first
+        // layer's query A (the gradient crosses every layer), a middle V B,
+        // and the last layer's down-projection B.
+        let n_layers = model.config().n_layers;
+        for (layer, target, use_a) in [
+            (0, LoraTarget::Q, true),
+            (n_layers / 2, LoraTarget::V, false),
+            (n_layers - 1, LoraTarget::Down, false),
+        ] {
+            let pair = set.get(layer, target).unwrap();
+            let var = if use_a { &pair.a } else { &pair.b };
+            let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap();
+            let g = g.to_vec1::<f32>().unwrap();
+            let (k, gk) = g
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                .map(|(k, v)| (k, *v as f64))
+                .unwrap();
+            let orig = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            // Large enough that the loss change is far above f32 rounding.
+            let h = 0.02f32;
+            let at = |delta: f32| {
+                let mut v = orig.clone();
+                v[k] += delta;
+                var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
+                loss(&ctx).to_scalar::<f32>().unwrap() as f64
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+            var.set(&Tensor::from_vec(orig, var.dims(), &Device::Cpu).unwrap())
+                .unwrap();
+            let rel = (fd - gk).abs() / gk.abs().max(1e-6);
+            assert!(
+                rel < 0.05,
+                "{objective} layer {layer} {target:?}: autograd {gk} vs finite difference {fd} (rel {rel})"
+            );
+        }
+    }
+}
+
+#[test]
+fn small_model_overfits_two_lists_and_the_adapter_reloads() {
+    let Some(mut r) = reranker(WeightMode::DequantizedF32) else {
+        eprintln!("SKIP: SmolLM2 not available");
+        return;
+    };
+    // Targets chosen against the model's zero-shot preference, so the test
+    // shows learning: the zero-shot top passage is never the target's first.
+    let q_a = Query {
+        qid: "a".into(),
+        text: QUERY_A.into(),
+    };
+    let q_b = Query {
+        qid: "b".into(),
+        text: QUERY_B.into(),
+    };
+    let mut zero = reranker(WeightMode::Quantized).unwrap();
+    let argmax = |s: &[f32]| {
+        s.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0
+    };
+    let za = argmax(&zero.score_window(&q_a, &window(&PASSAGES_A)).unwrap());
+    let zb = argmax(&zero.score_window(&q_b, &window(&PASSAGES_B)).unwrap());
+    let pick = |z: usize, preferred: usize| {
+        if z == preferred {
+            (preferred + 1) % 3
+        } else {
+            preferred
+        }
+    };
+    let first_a = pick(za, 1);
+    let first_b = pick(zb, 2);
+    let order = |first: usize| {
+        let mut o = vec![first];
+        o.extend((0..3).filter(|&i| i != first));
+        o
+    };
+    let lists = [
+        list("a", QUERY_A, &PASSAGES_A, &order(first_a)),
+        list("b", QUERY_B, &PASSAGES_B, &order(first_b)),
+    ];
+    let examples: Vec<_> = lists
+        .iter()
+        .map(|l| prepare_example(l, &r).unwrap())
+        .collect();
+    let opts = TrainOptions {
+        objective: Objective::Combined,
+        adapter: AdapterKind::Lora(LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: LoraTarget::ALL.to_vec(),
+        }),
+        learning_rate: 2e-3,
+        schedule: Schedule::Constant,
+        warmup_steps: 0,
+        max_steps: Some(16),
+        grad_accum: 2,
+        neftune_alpha: None,
+        checkpoint_every: 8,
+        ..TrainOptions::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut reports = Vec::new();
+    let summary = train(&mut r, &examples, &opts, dir.path(), false, &mut |s| {
+        reports.push((s.ranking_loss.unwrap(), s.generation_loss.unwrap(), s.loss))
+    })
+    .unwrap();
+    assert_eq!(summary.steps, 16);
+    eprintln!("losses per step (ranking, generation, total): {reports:?}");
+    let (rank0, gen0, _) = reports[0];
+    let (rank_end, gen_end, total_end) = *reports.last().unwrap();
+    // The combined loss is the weighted sum of its parts (λ = 10).
+    assert!((total_end - (gen_end + 10.0 * rank_end)).abs() < 1e-3 * total_end.max(1.0));
+    assert!(
+        rank_end < 0.05 && rank_end < rank0 / 5.0,
+        "ranking loss {rank0} -> {rank_end}"
+    );
+    assert!(gen_end < gen0 / 3.0, "generation loss {gen0} -> {gen_end}");
+    // The adapter is PEFT-shaped, small, and loads into the quantized model.
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "training.json",
+        "checkpoint/state.json",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
+    let mut tuned = reranker(WeightMode::Quantized).unwrap();
+    let merged = tuned.apply_adapter(dir.path()).unwrap();
+    assert_eq!(merged, 7 * tuned.model().config().n_layers);
+    // Merged weights carry no autograd graph (inference would otherwise keep
+    // every activation alive).
+    let w = tuned.model().projection_weight(0, LoraTarget::Q).unwrap();
+    assert!(!w.track_op());
+    assert_eq!(
+        argmax(&tuned.score_window(&q_a, &window(&PASSAGES_A)).unwrap()),
+        first_a
+    );
+    assert_eq!(
+        argmax(&tuned.score_window(&q_b, &window(&PASSAGES_B)).unwrap()),
+        first_b
+    );
+    // Merged into a GGUF file, the adapter gives the same ranking.
+    let base = model_path(SMOLLM2.file).unwrap();
+    let merged_path = dir.path().join("merged.gguf");
+    let n = merge_into_gguf(&base, dir.path(), &merged_path, MergedType::Q8_0).unwrap();
+    assert_eq!(n, 7 * tuned.model().config().n_layers);
+    let tok = tokenizer_from_gguf_file(&merged_path).unwrap();
+    let chat = ChatTemplate::from_optional(tok.chat_template.as_deref(), "", "").unwrap();
+    let model = CausalLm::load(&merged_path, WeightMode::Quantized, &Device::Cpu).unwrap();
+    let config = RerankerConfig {
+        max_window: 4,
+        ..RerankerConfig::default()
+    };
+    let mut from_file = LlmReranker::assemble(model, tok, chat, config, "merged".into()).unwrap();
+    assert_eq!(
+        argmax(&from_file.score_window(&q_a, &window(&PASSAGES_A)).unwrap()),
+        first_a
+    );
+    assert_eq!(
+        argmax(&from_file.score_window(&q_b, &window(&PASSAGES_B)).unwrap()),
+        first_b
+    );
+    drop(from_file);
+    std::fs::remove_file(&merged_path).unwrap();
+    // Resuming the finished run is a no-op that keeps its step count.
+    let opts_more = TrainOptions {
+        max_steps: Some(17),
+        ..opts.clone()
+    };
+    let mut r3 = reranker(WeightMode::DequantizedF32).unwrap();
+    let resumed = train(
+        &mut r3,
+        &examples,
+        &opts_more,
+        dir.path(),
+        true,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(resumed.steps, 17);
+    // Bad adapter directories are refused clearly.
+    let err = tuned
+        .apply_adapter(&dir.path().join("nope"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not found"), "{err}");
+}
