@@ -22,6 +22,7 @@ pub mod bm25;
 pub mod corpus;
 pub mod dense;
 pub mod docstore;
+pub mod feedback;
 pub mod index;
 pub mod retrieve;
 

@@ -158,6 +158,16 @@ impl Retriever {
         &self.manifest
     }
 
+    /// The dense index, if this index has one (used by [`crate::feedback`]).
+    pub fn dense_index(&self) -> Option<&DenseIndex> {
+        self.dense.as_ref()
+    }
+
+    /// The query encoder given to [`with_encoder`](Self::with_encoder).
+    pub fn encoder(&self) -> Option<&SentenceEncoder> {
+        self.encoder.as_ref()
+    }
+
     pub fn docs(&self) -> &DocStore {
         &self.docs
     }
