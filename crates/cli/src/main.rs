@@ -6,9 +6,12 @@ mod diagnostic;
 mod eval;
 mod model_args;
 mod models;
+mod pipeline;
 mod progress;
 mod rerank;
 mod retrieval;
+mod serve;
+mod train;
 
 use std::process::ExitCode;
 
@@ -38,6 +41,16 @@ enum Command {
     Index(retrieval::IndexArgs),
     /// First-stage retrieval (BM25, dense or hybrid) into candidates for `rerank`.
     Retrieve(retrieval::RetrieveArgs),
+    /// Serve the rerank HTTP API (Cohere/Jina/TEI/llama.cpp-compatible) with one loaded model.
+    Serve(Box<serve::ServeArgs>),
+    /// Retrieve, rerank, relevance feedback, retrieve again: one config, every stage evaluated.
+    Pipeline(pipeline::PipelineArgs),
+    /// Make FIRST training lists from candidates, labelled by qrels or the dense teacher.
+    Label(train::LabelArgs),
+    /// Fine-tune an LLM reranker with FIRST's objectives (LoRA or full).
+    Train(Box<train::TrainArgs>),
+    /// Write a GGUF with a trained LoRA adapter merged into the base model.
+    Merge(train::MergeArgs),
     /// List, fetch and verify the default models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -67,8 +80,13 @@ fn main() -> ExitCode {
         Command::Rerank(args) => rerank::run(*args, cli.quiet),
         Command::Eval(args) => eval::run(args, cli.quiet),
         Command::Models(cmd) => models::run(cmd),
+        Command::Label(args) => train::label(args, cli.quiet),
+        Command::Train(args) => train::run(*args, cli.quiet),
+        Command::Merge(args) => train::merge(args, cli.quiet),
         Command::Index(args) => retrieval::index(args, cli.quiet),
         Command::Retrieve(args) => retrieval::retrieve(args, cli.quiet),
+        Command::Pipeline(args) => pipeline::run(args, cli.quiet),
+        Command::Serve(args) => serve::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -69,6 +69,10 @@ pub struct LlmArgs {
     /// CPU threads for the model (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// A trained adapter directory (`firstrank train` output: a PEFT LoRA
+    /// adapter or full projections), merged into the model at load time.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 impl LlmArgs {
@@ -126,7 +130,11 @@ impl LlmArgs {
         let config = self.config(max_window)?;
         let device = self.device()?;
         let started = std::time::Instant::now();
-        let reranker = LlmReranker::load(model, config, &device)?;
+        let mut reranker = LlmReranker::load(model, config, &device)?;
+        if let Some(dir) = &self.adapter {
+            let n = reranker.apply_adapter(dir)?;
+            tracing::info!("applied adapter {} ({n} projections)", dir.display());
+        }
         tracing::info!(
             "loaded {} ({}, {} layers) in {:.1}s",
             reranker.name(),

@@ -92,9 +92,16 @@ pub struct RerankArgs {
     /// Stop after this many queries.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Control run: shuffle each query's candidates in the reranked span
+    /// [rank-start, top-k) with this seed before reranking. A model that
+    /// carries relevance signal keeps its nDCG; one that only follows the
+    /// input order (or a letter prior) falls towards random.
+    #[arg(long, value_name = "SEED")]
+    pub shuffle_input: Option<u64>,
 
     /// Model: a default model name (`smollm2`, `gemma3`; fetched on first use),
-    /// a GGUF file, or a model directory.
+    /// a GGUF file, or a model directory; `minilm` (or a sentence-transformers
+    /// directory) reranks by bi-encoder cosine similarity instead.
     #[arg(
         long,
         short,
@@ -151,6 +158,16 @@ fn build_scorer(args: &RerankArgs) -> Result<Box<dyn WindowScorer>> {
             }))
         }
         (Some(DiagnosticScorer::Reverse), _) => Ok(Box::new(ReverseScorer)),
+        (None, Some(model)) if is_bi_encoder(model) => {
+            let dir = if model == "minilm" {
+                firstrank_models::fetch::ensure_model("minilm")?
+            } else {
+                PathBuf::from(model)
+            };
+            Ok(Box::new(firstrank_models::embed::BiEncoderScorer {
+                encoder: firstrank_models::embed::SentenceEncoder::load(&dir, &args.llm.device()?)?,
+            }))
+        }
         (None, Some(model)) => {
             let max_window = match args.strategy {
                 StrategyKind::Sliding => args.window.min(args.top_k),
@@ -160,6 +177,33 @@ fn build_scorer(args: &RerankArgs) -> Result<Box<dyn WindowScorer>> {
         }
         (None, None) => bail!("no scorer: pass --model"),
     }
+}
+
+/// Shuffles the candidates at ranks `[start, end)` with a stream seeded by
+/// `seed` and the query id (so each query gets its own order, reproducibly).
+fn shuffle_span(request: &mut Request, seed: u64, start: usize, end: usize) {
+    let end = end.min(request.candidates.len());
+    if start + 1 >= end {
+        return;
+    }
+    let qid_hash = request
+        .query
+        .qid
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    firstrank_core::significance::SplitMix64(seed ^ qid_hash)
+        .shuffle(&mut request.candidates[start..end]);
+}
+
+/// `minilm` (the default bi-encoder) or a sentence-transformers directory:
+/// scored by cosine similarity instead of an LLM.
+fn is_bi_encoder(model: &str) -> bool {
+    model == "minilm"
+        || std::path::Path::new(model)
+            .join("sentence_bert_config.json")
+            .is_file()
 }
 
 /// Counts the queries of the input in the background so the progress bar
@@ -236,6 +280,10 @@ pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
                 bar.inc(1);
                 continue;
             }
+            let mut request = request;
+            if let Some(seed) = args.shuffle_input {
+                shuffle_span(&mut request, seed, args.rank_start, args.top_k);
+            }
             batch.push(request);
             if batch.len() >= args.batch_queries as usize {
                 windows += flush(&mut batch, &mut sink, &mut written)?;
@@ -266,6 +314,11 @@ pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
         ));
     }
     sink.finish()?;
+    if !quiet {
+        if let Some(line) = scorer.stats_summary() {
+            eprintln!("{line}");
+        }
+    }
     let secs = started.elapsed().as_secs_f64();
     if !quiet {
         eprintln!(

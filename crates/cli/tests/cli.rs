@@ -506,3 +506,51 @@ fn index_retrieve_then_rerank_consumes_the_candidates() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("manifest"), "{}", stderr(&o));
 }
+
+#[test]
+fn shuffled_input_control_changes_order_not_the_oracle() {
+    let Some(s) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s.join("data").join("dl19");
+    let qrels = data.join("qrels.txt");
+    let input = data.join("bm25-top100.json");
+    let run = |scorer: &str, shuffle: Option<&str>, name: &str| -> (f64, String) {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "rerank",
+            "-q",
+            "--input",
+            p(&input),
+            "--output",
+            p(&out),
+            "--strategy",
+            "single",
+            "--diagnostic-scorer",
+            scorer,
+            "--qrels",
+            p(&qrels),
+        ];
+        if let Some(seed) = shuffle {
+            args.extend(["--shuffle-input", seed]);
+        }
+        let o = firstrank(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let e = firstrank(&["eval", "--trec-eval-format", "--qrels", p(&qrels), p(&out)]);
+        (
+            metric(&stdout(&e), "ndcg_cut_10"),
+            std::fs::read_to_string(&out).unwrap(),
+        )
+    };
+    // The oracle sorts the top 20 by grade whatever their input order.
+    let (oracle, _) = run("oracle", None, "o.trec");
+    let (oracle_shuffled, _) = run("oracle", Some("7"), "os.trec");
+    assert_eq!(format!("{oracle:.4}"), format!("{oracle_shuffled:.4}"));
+    // A scorer that only follows the input order changes with the shuffle,
+    // and the same seed reproduces the same run.
+    let (rev, rev_text) = run("reverse", None, "r.trec");
+    let (rev_s, rev_s_text) = run("reverse", Some("7"), "rs.trec");
+    let (_, rev_s_again) = run("reverse", Some("7"), "rs2.trec");
+    assert_ne!(rev_text, rev_s_text);
+    assert_eq!(rev_s_text, rev_s_again);
+    assert!(rev != rev_s, "{rev} vs {rev_s}");
+}

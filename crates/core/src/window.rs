@@ -38,6 +38,12 @@ pub trait WindowScorer {
             .map(|(q, w)| self.score_window(q, w))
             .collect()
     }
+
+    /// A one-line summary of the work done so far (token counts, forward
+    /// passes), for the end of a run; `None` when the scorer keeps none.
+    fn stats_summary(&self) -> Option<String> {
+        None
+    }
 }
 
 impl<S: WindowScorer + ?Sized> WindowScorer for &mut S {

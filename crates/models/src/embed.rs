@@ -416,3 +416,48 @@ impl SentenceEncoder {
         Ok(normed.to_vec2::<f32>()?)
     }
 }
+
+/// The text a bi-encoder embeds for a candidate: `title text` when titled.
+pub fn candidate_text(c: &firstrank_core::Candidate) -> String {
+    match &c.title {
+        Some(t) if !t.is_empty() => format!("{t} {}", c.text),
+        _ => c.text.clone(),
+    }
+}
+
+/// A bi-encoder reranker: each passage scores its embedding's cosine with the
+/// query's (sentence-transformers' `util.cos_sim` on normalised vectors).
+/// It is the dense teacher of `firstrank label` and a baseline for FIRST.
+pub struct BiEncoderScorer {
+    pub encoder: SentenceEncoder,
+}
+
+impl BiEncoderScorer {
+    /// Cosine of the query with each candidate.
+    pub fn scores(
+        &self,
+        query: &str,
+        candidates: &[firstrank_core::Candidate],
+    ) -> Result<Vec<f32>> {
+        let mut texts = Vec::with_capacity(candidates.len() + 1);
+        texts.push(query.to_string());
+        texts.extend(candidates.iter().map(candidate_text));
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vecs = self.encoder.encode(&refs)?;
+        let q = &vecs[0];
+        Ok(vecs[1..]
+            .iter()
+            .map(|v| q.iter().zip(v).map(|(a, b)| a * b).sum())
+            .collect())
+    }
+}
+
+impl firstrank_core::window::WindowScorer for BiEncoderScorer {
+    fn score_window(
+        &mut self,
+        query: &firstrank_core::Query,
+        window: &[firstrank_core::Candidate],
+    ) -> Result<Vec<f32>> {
+        self.scores(&query.text, window)
+    }
+}

@@ -209,6 +209,51 @@ impl LlmReranker {
         &self.tokenizer
     }
 
+    pub fn chat(&self) -> &ChatTemplate {
+        &self.chat
+    }
+
+    pub fn config(&self) -> &RerankerConfig {
+        &self.config
+    }
+
+    /// End-of-turn tokens that stop generation.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    /// The model, for training (which swaps projection weights).
+    pub fn model_mut(&mut self) -> &mut CausalLm {
+        self.cache.clear();
+        &mut self.model
+    }
+
+    /// Applies a trained adapter directory to the model: a LoRA adapter
+    /// (`adapter_config.json`, merged into the projections) or a full
+    /// fine-tuning output (`projections.safetensors`). Returns how many
+    /// projections changed.
+    pub fn apply_adapter(&mut self, dir: &Path) -> Result<usize> {
+        self.cache.clear();
+        if dir.join(crate::train::lora::ADAPTER_CONFIG).is_file() {
+            let set = crate::train::lora::LoraSet::load(dir, &self.model)?;
+            self.model.merge_lora(&set)
+        } else if dir.join(crate::train::trainer::FULL_WEIGHTS).is_file() {
+            crate::train::trainer::load_full_weights(
+                &mut self.model,
+                &dir.join(crate::train::trainer::FULL_WEIGHTS),
+            )
+        } else if dir.is_dir() {
+            bail!(
+                "{}: not an adapter directory (no {} or {})",
+                dir.display(),
+                crate::train::lora::ADAPTER_CONFIG,
+                crate::train::trainer::FULL_WEIGHTS
+            )
+        } else {
+            bail!("{}: adapter directory not found", dir.display())
+        }
+    }
+
     fn context_budget(&self, n: usize) -> Result<usize> {
         let context = self
             .config
@@ -327,6 +372,28 @@ impl LlmReranker {
 }
 
 impl WindowScorer for LlmReranker {
+    fn stats_summary(&self) -> Option<String> {
+        let s = &self.stats;
+        let mut line = format!(
+            "{} windows, {} forward passes, {} prompt tokens ({} from the prefix cache)",
+            s.windows, s.forward_calls, s.prompt_tokens, s.cached_prompt_tokens
+        );
+        if s.generated_tokens > 0 {
+            line.push_str(&format!(", {} generated tokens", s.generated_tokens));
+        }
+        if s.shrunk_windows > 0 {
+            line.push_str(&format!(", {} prompts shortened to fit", s.shrunk_windows));
+        }
+        if s.seconds > 0.0 {
+            line.push_str(&format!(
+                ", {:.2}s per window, {:.0} prompt tokens/s",
+                s.seconds / s.windows.max(1) as f64,
+                (s.prompt_tokens - s.cached_prompt_tokens) as f64 / s.seconds
+            ));
+        }
+        Some(line)
+    }
+
     fn score_window(&mut self, query: &Query, window: &[Candidate]) -> Result<Vec<f32>> {
         let started = Instant::now();
         let (_, ids) = self.window_input(query, window)?;

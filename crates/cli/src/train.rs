@@ -1,0 +1,470 @@
+//! `firstrank label` and `firstrank train`: making FIRST training lists from
+//! candidates (labels from qrels or from the dense MiniLM teacher) and
+//! fine-tuning an LLM on them with the ranking, generation or combined
+//! objective (LoRA or full), with checkpoints, `--resume` and a progress bar.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use firstrank_core::formats::output::AtomicWriter;
+use firstrank_core::formats::{open_requests, InputSpec};
+use firstrank_core::prompt::{PromptOptions, PromptTemplate};
+use firstrank_core::qrels::Qrels;
+use firstrank_core::significance::SplitMix64;
+use firstrank_core::training::{make_lists, read_training_lists, Presentation, WindowSampling};
+use firstrank_models::embed::{BiEncoderScorer, SentenceEncoder};
+use firstrank_models::fetch::ensure_model;
+use firstrank_models::train::{
+    prepare_example, train, AdapterKind, LoraConfig, LoraTarget, Objective, Schedule, TrainOptions,
+};
+use firstrank_models::transformer::WeightMode;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::model_args::{LlmArgs, Weights};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Teacher {
+    /// Relevance grades from --qrels (unjudged passages count as 0).
+    Qrels,
+    /// Cosine similarity of all-MiniLM-L6-v2 embeddings (query vs. passage).
+    Dense,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OrderArg {
+    FirstStage,
+    Shuffled,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  \
+    firstrank label --input ../shared/data/dl22-unlabeled/bm25-top100.json --teacher dense --output lists.jsonl")]
+pub struct LabelArgs {
+    /// Candidates (rank_llm JSON or request JSONL).
+    #[arg(long, short, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Where the labels come from.
+    #[arg(long, value_enum)]
+    pub teacher: Teacher,
+    /// Qrels for `--teacher qrels`.
+    #[arg(long, value_name = "FILE", required_if_eq("teacher", "qrels"))]
+    pub qrels: Option<PathBuf>,
+    /// Training lists to write (rank_zephyr conversation JSONL).
+    #[arg(long, short, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Passages per list.
+    #[arg(long, default_value_t = 20)]
+    pub window: usize,
+    /// Lists per query: the first-stage top window, then random slices and subsets.
+    #[arg(long, default_value_t = 20)]
+    pub lists_per_query: usize,
+    /// Sample only from the first N candidates.
+    #[arg(long, default_value_t = 100)]
+    pub depth: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Order of the passages in each list: first-stage order (as reranking
+    /// shows them) or shuffled (the same windows either way).
+    #[arg(long, value_enum, default_value_t = OrderArg::FirstStage)]
+    pub order: OrderArg,
+    /// Prompt template: `rank_zephyr_alpha` (FIRST's), `rank_zephyr_numeric`, or a TOML file.
+    #[arg(long, default_value = "rank_zephyr_alpha", value_name = "NAME|FILE")]
+    pub prompt_template: String,
+    /// Words kept per passage for a window of 20 (rank_llm: 300, scaled by 20/n).
+    #[arg(long, value_name = "N")]
+    pub max_passage_words: Option<usize>,
+}
+
+pub fn label(args: LabelArgs, quiet: bool) -> Result<()> {
+    if args.window < 2 {
+        bail!("--window must be at least 2");
+    }
+    if args.lists_per_query == 0 {
+        bail!("--lists-per-query must be at least 1");
+    }
+    let template = PromptTemplate::resolve(&args.prompt_template)?;
+    let mut options = PromptOptions::rank_llm();
+    if let Some(w) = args.max_passage_words {
+        if w == 0 {
+            bail!("--max-passage-words must be at least 1");
+        }
+        options.max_words = Some(w);
+    }
+    let sampling = WindowSampling {
+        window: args.window,
+        per_query: args.lists_per_query,
+        depth: args.depth,
+        seed: args.seed,
+        presentation: match args.order {
+            OrderArg::FirstStage => Presentation::FirstStage,
+            OrderArg::Shuffled => Presentation::Shuffled,
+        },
+    };
+    let qrels = match &args.qrels {
+        Some(p) => Some(Qrels::load(p)?),
+        None => None,
+    };
+    let encoder = match args.teacher {
+        Teacher::Dense => Some(BiEncoderScorer {
+            encoder: SentenceEncoder::load(&ensure_model("minilm")?, &candle_core::Device::Cpu)
+                .context("loading the dense teacher")?,
+        }),
+        Teacher::Qrels => None,
+    };
+    let requests: Vec<_> = open_requests(&InputSpec::Auto(args.input.clone()))?
+        .collect::<firstrank_core::Result<Vec<_>>>()?;
+    let bar = crate::progress::query_bar(Some(requests.len() as u64), quiet);
+    let mut rng = SplitMix64(args.seed);
+    let mut out = AtomicWriter::create(&args.output)?;
+    let (mut lists_written, mut skipped) = (0usize, 0usize);
+    for request in &requests {
+        let labels: HashMap<String, f64> = match (&qrels, &encoder) {
+            (Some(q), _) => request
+                .candidates
+                .iter()
+                .filter_map(|c| {
+                    q.grade(&request.query.qid, &c.docid)
+                        .map(|g| (c.docid.clone(), f64::from(g)))
+                })
+                .collect(),
+            (None, Some(teacher)) => {
+                let scores = teacher.scores(&request.query.text, &request.candidates)?;
+                request
+                    .candidates
+                    .iter()
+                    .zip(scores)
+                    .map(|(c, s)| (c.docid.clone(), f64::from(s)))
+                    .collect()
+            }
+            (None, None) => bail!("--teacher qrels needs --qrels"),
+        };
+        if request.candidates.len() < 2 {
+            skipped += 1;
+            bar.inc(1);
+            continue;
+        }
+        for list in make_lists(
+            request, &labels, 0.0, &template, &options, &sampling, &mut rng,
+        )? {
+            writeln!(out, "{}", list.to_json_line())
+                .with_context(|| format!("writing {}", args.output.display()))?;
+            lists_written += 1;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    out.commit()?;
+    if !quiet {
+        eprintln!(
+            "wrote {lists_written} lists for {} queries to {}{}",
+            requests.len() - skipped,
+            args.output.display(),
+            if skipped > 0 {
+                format!(" ({skipped} queries with fewer than 2 candidates skipped)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ObjectiveArg {
+    /// Weighted RankNet on the first identifier's logits.
+    Ranking,
+    /// LM loss on the target permutation.
+    Generation,
+    /// FIRST: generation + 10 x ranking.
+    Combined,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Example (the default adapter's recipe is in the README):\n  \
+    firstrank label --input ../shared/data/dl22-unlabeled/bm25-top100.json --teacher dense --output lists.jsonl\n  \
+    firstrank train --model smollm2 --data lists.jsonl --output adapters/smollm2-first"
+)]
+pub struct TrainArgs {
+    /// Base model: `smollm2`, `gemma3`, or a GGUF file (trained in f32).
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Training lists (rank_zephyr conversation JSONL); repeat for several files.
+    #[arg(long, required = true, value_name = "FILE")]
+    pub data: Vec<PathBuf>,
+    /// Directory for the adapter, `training.json` and the checkpoint.
+    #[arg(long, short, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Continue from `<output>/checkpoint`.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::Combined)]
+    pub objective: ObjectiveArg,
+    /// λ of the ranking term in the combined objective (FIRST: 10).
+    #[arg(long, default_value_t = 10.0)]
+    pub ranking_weight: f64,
+    /// Train every projection matrix instead of LoRA adapters.
+    #[arg(long)]
+    pub full: bool,
+    #[arg(long, default_value_t = 16)]
+    pub lora_rank: usize,
+    #[arg(long, default_value_t = 32.0)]
+    pub lora_alpha: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub lora_dropout: f32,
+    /// Projections that get adapters (comma-separated PEFT names).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    pub lora_targets: Vec<String>,
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
+    pub schedule: ScheduleArg,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Lists per optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = 8)]
+    pub grad_accum: usize,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// NEFTune embedding-noise alpha (FIRST used 5; 0: off).
+    #[arg(long, default_value_t = 5.0)]
+    pub neftune: f32,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Checkpoint every N optimizer steps (0: only at the end).
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: usize,
+    /// Skip lists longer than this many tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens: usize,
+    #[command(flatten)]
+    pub llm: LlmArgs,
+}
+
+pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
+    let lora = LoraConfig {
+        rank: args.lora_rank,
+        alpha: args.lora_alpha,
+        dropout: args.lora_dropout,
+        targets: args
+            .lora_targets
+            .iter()
+            .map(|t| LoraTarget::parse(t))
+            .collect::<Result<Vec<_>>>()
+            .context("--lora-targets")?,
+    };
+    if !args.full {
+        lora.validate().context("LoRA options")?;
+    }
+    let opts = TrainOptions {
+        objective: match args.objective {
+            ObjectiveArg::Ranking => Objective::Ranking,
+            ObjectiveArg::Generation => Objective::Generation,
+            ObjectiveArg::Combined => Objective::Combined,
+        },
+        ranking_weight: args.ranking_weight,
+        adapter: if args.full {
+            AdapterKind::Full
+        } else {
+            AdapterKind::Lora(lora)
+        },
+        learning_rate: args.lr,
+        schedule: match args.schedule {
+            ScheduleArg::Constant => Schedule::Constant,
+            ScheduleArg::Linear => Schedule::Linear,
+            ScheduleArg::Cosine => Schedule::Cosine,
+        },
+        warmup_steps: args.warmup,
+        epochs: args.epochs,
+        max_steps: args.max_steps,
+        grad_accum: args.grad_accum,
+        max_grad_norm: args.max_grad_norm,
+        weight_decay: args.weight_decay,
+        neftune_alpha: (args.neftune > 0.0).then_some(args.neftune),
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+    };
+    opts.validate()?;
+    let mut lists = Vec::new();
+    for path in &args.data {
+        lists.extend(read_training_lists(path)?);
+    }
+    if args.llm.adapter.is_some() {
+        bail!("--adapter applies to rerank; to continue training use --resume");
+    }
+    // Training needs dense f32 weights for the backward pass.
+    args.llm.weights = Weights::F32;
+    let max_window = lists
+        .iter()
+        .map(|l| l.target.matches('>').count() + 1)
+        .max()
+        .unwrap_or(20)
+        .max(2);
+    if args.llm.device == crate::model_args::DeviceKind::Cuda {
+        // TF32 tensor-core matmuls for the f32 training graph on NVIDIA GPUs
+        // (10-bit mantissa products, f32 accumulation).
+        candle_core::cuda::set_gemm_reduced_precision_f32(true);
+    }
+    let mut reranker = args.llm.load(&args.model, max_window)?;
+    debug_assert_eq!(reranker.model().weight_mode(), WeightMode::DequantizedF32);
+    let mut examples = Vec::with_capacity(lists.len());
+    let mut too_long = 0;
+    for l in &lists {
+        let ex = prepare_example(l, &reranker)?;
+        if ex.tokens.len() > args.max_tokens {
+            too_long += 1;
+            continue;
+        }
+        examples.push(ex);
+    }
+    if too_long > 0 {
+        tracing::warn!(
+            "{too_long} lists longer than --max-tokens {} skipped",
+            args.max_tokens
+        );
+    }
+    if examples.is_empty() {
+        bail!(
+            "no training lists left (all longer than --max-tokens {})",
+            args.max_tokens
+        );
+    }
+    let total = opts.total_steps(examples.len());
+    if !quiet {
+        eprintln!(
+            "training {} on {} lists ({} tokens on average): {} steps of {} lists, objective {}",
+            reranker.name(),
+            examples.len(),
+            examples.iter().map(|e| e.tokens.len()).sum::<usize>() / examples.len(),
+            total,
+            opts.grad_accum,
+            opts.objective
+        );
+    }
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(total as u64).with_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps  {msg}  {elapsed} (ETA {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_draw_target(ProgressDrawTarget::stderr_with_hz(2));
+        b
+    };
+    let started = Instant::now();
+    let mut tokens_done = 0usize;
+    let mut log = |s: &firstrank_models::train::StepReport| {
+        tokens_done += s.tokens;
+        let parts = [
+            Some(format!("loss {:.4}", s.loss)),
+            s.ranking_loss.map(|r| format!("rank {r:.4}")),
+            s.generation_loss.map(|g| format!("lm {g:.4}")),
+            Some(format!("lr {:.2e}", s.learning_rate)),
+            Some(format!(
+                "{:.0} tok/s",
+                tokens_done as f64 / started.elapsed().as_secs_f64().max(1e-9)
+            )),
+        ];
+        let msg = parts.into_iter().flatten().collect::<Vec<_>>().join("  ");
+        bar.set_position(s.step as u64);
+        bar.set_message(msg.clone());
+        if bar.is_hidden() || s.step.is_multiple_of(10) || s.step == s.total_steps {
+            tracing::info!(
+                "step {}/{}: {msg} grad-norm {:.3}",
+                s.step,
+                s.total_steps,
+                s.grad_norm
+            );
+        }
+    };
+    let summary = train(
+        &mut reranker,
+        &examples,
+        &opts,
+        &args.output,
+        args.resume,
+        &mut log,
+    )?;
+    bar.finish_and_clear();
+    if !quiet {
+        eprintln!(
+            "trained {} steps on {} tokens in {:.0}s; loss {:.4} -> {:.4}; adapter in {}",
+            summary.steps,
+            summary.tokens,
+            summary.seconds,
+            summary.first_loss,
+            summary.final_loss,
+            args.output.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  \
+    firstrank merge --model smollm2 --adapter adapters/smollm2-first --output smollm2-first.gguf")]
+pub struct MergeArgs {
+    /// Base model: `smollm2`, `gemma3`, or a GGUF file.
+    #[arg(long)]
+    pub model: String,
+    /// LoRA adapter directory (`firstrank train` output or any PEFT LoRA for this model).
+    #[arg(long, value_name = "DIR")]
+    pub adapter: PathBuf,
+    /// GGUF file to write.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Storage of the merged projections: f16, q8_0 or f32 (other tensors are copied).
+    #[arg(long, default_value = "f16")]
+    pub merged_type: String,
+}
+
+pub fn merge(args: MergeArgs, quiet: bool) -> Result<()> {
+    use firstrank_models::fetch::{resolve_model_arg, ModelLocation};
+    use firstrank_models::train::merge::{merge_into_gguf, MergedType};
+    let merged: MergedType = args.merged_type.parse()?;
+    let base = match resolve_model_arg(&args.model)? {
+        ModelLocation::Gguf { path, .. } => path,
+        ModelLocation::HfDir { dir, .. } => bail!(
+            "{}: merging writes GGUF files; give a GGUF base model",
+            dir.display()
+        ),
+    };
+    if args.output == base {
+        bail!("--output must differ from the base model file");
+    }
+    let n = merge_into_gguf(&base, &args.adapter, &args.output, merged)?;
+    if !quiet {
+        eprintln!(
+            "merged {n} projections of {} into {}",
+            args.adapter.display(),
+            args.output.display()
+        );
+    }
+    Ok(())
+}
