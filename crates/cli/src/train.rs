@@ -255,7 +255,7 @@ pub struct TrainArgs {
     pub neftune: f32,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Checkpoint every N optimizer steps (0: only at the end).
+    /// Checkpoint every N optimizer steps and at the end (0: only at the end).
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: usize,
     /// Skip lists longer than this many tokens.

@@ -525,6 +525,9 @@ fn shuffled_input_control_changes_order_not_the_oracle() {
             p(&out),
             "--strategy",
             "single",
+            // Shuffle only the window's span, the top 20.
+            "--top-k",
+            "20",
             "--diagnostic-scorer",
             scorer,
             "--qrels",

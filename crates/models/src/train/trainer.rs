@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use firstrank_core::prompt::IdentifierStyle;
 use firstrank_core::significance::SplitMix64;
 use firstrank_core::training::TrainingList;
 use serde::{Deserialize, Serialize};
@@ -47,9 +46,8 @@ pub struct PreparedExample {
 /// checks that it lines up with what FIRST scores at inference.
 pub fn prepare_example(list: &TrainingList, reranker: &LlmReranker) -> Result<PreparedExample> {
     let template = &reranker.config().template;
-    let style = template.identifiers;
     let order = list
-        .target_order(style)
+        .target_order(template.identifiers)
         .map_err(|e| anyhow::anyhow!("list {}: {e}", list.id))?;
     let n = order.len();
     ensure!(
@@ -103,7 +101,6 @@ pub fn prepare_example(list: &TrainingList, reranker: &LlmReranker) -> Result<Pr
     {
         tokens.truncate(prompt_ids.len() + end + 1);
     }
-    let _ = style == IdentifierStyle::Alpha;
     Ok(PreparedExample {
         id: list.id.clone(),
         tokens,
@@ -143,8 +140,8 @@ pub struct TrainOptions {
     /// NEFTune noise alpha (FIRST used 5; None: off).
     pub neftune_alpha: Option<f32>,
     pub seed: u64,
-    /// Write a resumable checkpoint every this many optimizer steps (0: only
-    /// at the end).
+    /// Write a resumable checkpoint every this many optimizer steps, and at
+    /// the end (0: only at the end).
     pub checkpoint_every: usize,
 }
 
@@ -583,7 +580,8 @@ pub fn train(
             elapsed_s: elapsed,
         });
         let done = opt.steps() >= total_steps;
-        if opts.checkpoint_every > 0 && (opt.steps() % opts.checkpoint_every == 0 || done) {
+        if done || (opts.checkpoint_every > 0 && opt.steps().is_multiple_of(opts.checkpoint_every))
+        {
             let state = CheckpointState {
                 step: opt.steps(),
                 examples: consumed,
