@@ -2,6 +2,7 @@
 //! logging and progress live here; the work itself is done by
 //! firstrank-core (formats, windows, metrics) and firstrank-models.
 
+mod bench;
 mod diagnostic;
 mod eval;
 mod model_args;
@@ -51,6 +52,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Write a GGUF with a trained LoRA adapter merged into the base model.
     Merge(train::MergeArgs),
+    /// Time the LLM reranker: FIRST vs generation on the same windows, prefix cache, memory.
+    Bench(Box<bench::BenchArgs>),
     /// List, fetch and verify the default models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Label(args) => train::label(args, cli.quiet),
         Command::Train(args) => train::run(*args, cli.quiet),
         Command::Merge(args) => train::merge(args, cli.quiet),
+        Command::Bench(args) => bench::run(*args, cli.quiet),
         Command::Index(args) => retrieval::index(args, cli.quiet),
         Command::Retrieve(args) => retrieval::retrieve(args, cli.quiet),
         Command::Pipeline(args) => pipeline::run(args, cli.quiet),

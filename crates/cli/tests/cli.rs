@@ -557,3 +557,47 @@ fn shuffled_input_control_changes_order_not_the_oracle() {
     assert_eq!(rev_s_text, rev_s_again);
     assert!(rev != rev_s, "{rev} vs {rev_s}");
 }
+
+#[test]
+fn bench_times_first_and_generation_on_the_same_windows() {
+    let Some(s) = shared() else { return };
+    let input = s.join("data/dl19/bm25-top100.json");
+    let bad = firstrank(&["bench", "--input", p(&input), "--modes", "first,fast"]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("unknown mode `fast`"),
+        "{}",
+        stderr(&bad)
+    );
+    if std::env::var("FIRSTRANK_FETCH_MODELS").as_deref() != Ok("1") {
+        eprintln!("SKIP: model part (set FIRSTRANK_FETCH_MODELS=1)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("bench.json");
+    let o = firstrank(&[
+        "bench",
+        "-q",
+        "--model",
+        "smollm2",
+        "--input",
+        p(&input),
+        "--windows",
+        "1",
+        "--window",
+        "3",
+        "--json",
+        p(&json),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let modes = v["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 2);
+    // FIRST: one forward pass per window; generation decodes several tokens.
+    assert_eq!(modes[0]["mode"], "first");
+    assert_eq!(modes[0]["forward_passes"], 1);
+    assert_eq!(modes[0]["generated_tokens"], 0);
+    assert!(modes[1]["generated_tokens"].as_u64().unwrap() > 1);
+    assert!(v["generate_over_first"].as_f64().unwrap() > 0.0);
+}

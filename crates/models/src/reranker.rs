@@ -101,6 +101,8 @@ pub struct LlmReranker {
     identifier_ids: Vec<u32>,
     stop_ids: Vec<u32>,
     cache: KvCache,
+    /// Reuse the KV cache of the prompt prefix shared with the previous window.
+    prefix_cache: bool,
     stats: ScoringStats,
     name: String,
 }
@@ -184,6 +186,7 @@ impl LlmReranker {
             identifier_ids,
             stop_ids,
             cache,
+            prefix_cache: true,
             stats: ScoringStats::default(),
             name,
         })
@@ -207,6 +210,24 @@ impl LlmReranker {
 
     pub fn tokenizer(&self) -> &GgufTokenizer {
         &self.tokenizer
+    }
+
+    /// Switches between FIRST and generation (the model stays loaded).
+    pub fn set_mode(&mut self, mode: ScoringMode) {
+        self.config.mode = mode;
+        self.cache.clear();
+    }
+
+    /// Turns the prefix KV cache on or off (on by default; off recomputes
+    /// every prompt from its first token, for measuring what the cache saves).
+    pub fn set_prefix_cache(&mut self, enabled: bool) {
+        self.prefix_cache = enabled;
+        self.cache.clear();
+    }
+
+    /// Zeroes the counters.
+    pub fn reset_stats(&mut self) {
+        self.stats = ScoringStats::default();
     }
 
     pub fn chat(&self) -> &ChatTemplate {
@@ -396,6 +417,9 @@ impl WindowScorer for LlmReranker {
 
     fn score_window(&mut self, query: &Query, window: &[Candidate]) -> Result<Vec<f32>> {
         let started = Instant::now();
+        if !self.prefix_cache {
+            self.cache.clear();
+        }
         let (_, ids) = self.window_input(query, window)?;
         let n = window.len();
         let scores = match self.config.mode {
