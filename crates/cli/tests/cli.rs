@@ -601,3 +601,66 @@ fn bench_times_first_and_generation_on_the_same_windows() {
     assert!(modes[1]["generated_tokens"].as_u64().unwrap() > 1);
     assert!(v["generate_over_first"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn training_commands_reject_bad_configs_clearly() {
+    let Some(s) = shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = s.join("data/dl19/bm25-top100.json");
+    let qrels = s.join("data/dl19/qrels.txt");
+    let out = tmp.path().join("lists.jsonl");
+    // A window larger than the 26 letters.
+    let o = firstrank(&[
+        "label",
+        "--input",
+        p(&input),
+        "--teacher",
+        "qrels",
+        "--qrels",
+        p(&qrels),
+        "--window",
+        "27",
+        "--output",
+        p(&out),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("identifier alphabet"), "{}", stderr(&o));
+    assert!(!out.exists());
+    // A good label run, for the train checks below.
+    let o = firstrank(&[
+        "label",
+        "-q",
+        "--input",
+        p(&input),
+        "--teacher",
+        "qrels",
+        "--qrels",
+        p(&qrels),
+        "--lists-per-query",
+        "2",
+        "--output",
+        p(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 86);
+    let adapter = tmp.path().join("adapter");
+    for (args, needle) in [
+        (vec!["--objective", "lambda"], "invalid value 'lambda'"),
+        (vec!["--lora-rank", "0"], "rank must be at least 1"),
+        (
+            vec!["--lora-targets", "q_proj,lm_head"],
+            "unknown LoRA target `lm_head`",
+        ),
+    ] {
+        let mut a = vec!["train", "--data", p(&out), "--output", p(&adapter)];
+        a.extend(args);
+        let o = firstrank(&a);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
+    }
+    let missing = tmp.path().join("missing.jsonl");
+    let o = firstrank(&["train", "--data", p(&missing), "--output", p(&adapter)]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("missing.jsonl"), "{}", stderr(&o));
+    assert!(!adapter.exists());
+}
