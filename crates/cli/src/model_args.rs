@@ -121,6 +121,31 @@ impl LlmArgs {
         })
     }
 
+    /// Loads `model` as a window scorer: `minilm` (or a sentence-transformers
+    /// directory) as a bi-encoder scoring by cosine similarity, anything else
+    /// as an LLM reranker ([`LlmArgs::load`]).
+    pub fn load_scorer(
+        &self,
+        model: &str,
+        max_window: usize,
+    ) -> Result<Box<dyn firstrank_core::window::WindowScorer>> {
+        let sentence_transformers = std::path::Path::new(model)
+            .join("sentence_bert_config.json")
+            .is_file();
+        if model == "minilm" || sentence_transformers {
+            let dir = if model == "minilm" {
+                firstrank_models::fetch::ensure_model("minilm")?
+            } else {
+                std::path::PathBuf::from(model)
+            };
+            let encoder = firstrank_models::embed::SentenceEncoder::load(&dir, &self.device()?)?;
+            return Ok(Box::new(firstrank_models::embed::BiEncoderScorer {
+                encoder,
+            }));
+        }
+        Ok(Box::new(self.load(model, max_window)?))
+    }
+
     /// Loads the model; `max_window` is the largest window it will see.
     pub fn load(&self, model: &str, max_window: usize) -> Result<LlmReranker> {
         if let Some(n) = self.threads {

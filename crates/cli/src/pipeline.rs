@@ -682,7 +682,7 @@ pub fn run(args: PipelineArgs, quiet: bool) -> Result<()> {
                             qrels: qrels.clone().expect("checked with the config"),
                         }),
                         Scorer::Reverse => Box::new(ReverseScorer),
-                        Scorer::Model { name, llm } => Box::new(llm.load(name, *max_window)?),
+                        Scorer::Model { name, llm } => llm.load_scorer(name, *max_window)?,
                     };
                     slot.insert(s);
                 }

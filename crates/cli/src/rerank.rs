@@ -158,22 +158,12 @@ fn build_scorer(args: &RerankArgs) -> Result<Box<dyn WindowScorer>> {
             }))
         }
         (Some(DiagnosticScorer::Reverse), _) => Ok(Box::new(ReverseScorer)),
-        (None, Some(model)) if is_bi_encoder(model) => {
-            let dir = if model == "minilm" {
-                firstrank_models::fetch::ensure_model("minilm")?
-            } else {
-                PathBuf::from(model)
-            };
-            Ok(Box::new(firstrank_models::embed::BiEncoderScorer {
-                encoder: firstrank_models::embed::SentenceEncoder::load(&dir, &args.llm.device()?)?,
-            }))
-        }
         (None, Some(model)) => {
             let max_window = match args.strategy {
                 StrategyKind::Sliding => args.window.min(args.top_k),
                 StrategyKind::Single => args.window,
             };
-            Ok(Box::new(args.llm.load(model, max_window)?))
+            args.llm.load_scorer(model, max_window)
         }
         (None, None) => bail!("no scorer: pass --model"),
     }
@@ -195,15 +185,6 @@ fn shuffle_span(request: &mut Request, seed: u64, start: usize, end: usize) {
         });
     firstrank_core::significance::SplitMix64(seed ^ qid_hash)
         .shuffle(&mut request.candidates[start..end]);
-}
-
-/// `minilm` (the default bi-encoder) or a sentence-transformers directory:
-/// scored by cosine similarity instead of an LLM.
-fn is_bi_encoder(model: &str) -> bool {
-    model == "minilm"
-        || std::path::Path::new(model)
-            .join("sentence_bert_config.json")
-            .is_file()
 }
 
 /// Counts the queries of the input in the background so the progress bar

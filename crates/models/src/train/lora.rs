@@ -218,6 +218,37 @@ fn gguf_row_of_hf_row(heads: usize, head_dim: usize) -> Vec<u32> {
     idx
 }
 
+/// Row reordering of a query/key projection between llama GGUF's layout and
+/// Hugging Face's: with `to_hf`, `idx[hf_row] = gguf_row` (an `index_select`
+/// of GGUF-ordered rows gives HF order), else the inverse. `None` for other
+/// projections and for models whose GGUF rows are not permuted.
+pub(crate) fn qk_row_permutation(
+    model: &CausalLm,
+    target: LoraTarget,
+    to_hf: bool,
+) -> Option<Vec<u32>> {
+    permutation_for(qk_permutation(model), target, to_hf)
+}
+
+fn permutation_for(
+    qk: Option<(usize, usize, usize)>,
+    target: LoraTarget,
+    to_hf: bool,
+) -> Option<Vec<u32>> {
+    let (nh, nkv, hd) = qk?;
+    let heads = match target {
+        LoraTarget::Q => nh,
+        LoraTarget::K => nkv,
+        _ => return None,
+    };
+    let hf_to_gguf = gguf_row_of_hf_row(heads, hd);
+    Some(if to_hf {
+        hf_to_gguf
+    } else {
+        invert(&hf_to_gguf)
+    })
+}
+
 fn invert(perm: &[u32]) -> Vec<u32> {
     let mut inv = vec![0u32; perm.len()];
     for (i, &p) in perm.iter().enumerate() {
@@ -297,18 +328,7 @@ impl LoraSet {
     }
 
     fn row_permutation(&self, target: LoraTarget, to_hf: bool) -> Option<Vec<u32>> {
-        let (nh, nkv, hd) = self.qk_permutation?;
-        let heads = match target {
-            LoraTarget::Q => nh,
-            LoraTarget::K => nkv,
-            _ => return None,
-        };
-        let hf_to_gguf = gguf_row_of_hf_row(heads, hd);
-        Some(if to_hf {
-            hf_to_gguf
-        } else {
-            invert(&hf_to_gguf)
-        })
+        permutation_for(self.qk_permutation, target, to_hf)
     }
 
     /// The tensors under PEFT's names (B rows in Hugging Face order), in `dtype`.

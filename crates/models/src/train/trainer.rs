@@ -21,12 +21,12 @@ use firstrank_core::significance::SplitMix64;
 use firstrank_core::training::TrainingList;
 use serde::{Deserialize, Serialize};
 
-use super::lora::{LoraConfig, LoraSet, LoraTarget};
+use super::lora::{qk_row_permutation, LoraConfig, LoraSet, LoraTarget};
 use super::loss::{lm_loss, weighted_ranknet, Objective, FIRST_RANKING_WEIGHT};
 use super::optim::{clip_grad_norm, learning_rate, AdamW, Schedule};
 use crate::chat::ChatMessage;
 use crate::reranker::LlmReranker;
-use crate::transformer::{CausalLm, RopeStyle, TrainContext};
+use crate::transformer::{CausalLm, TrainContext};
 
 /// A training list as token ids, with the positions the losses read.
 #[derive(Debug, Clone, PartialEq)]
@@ -253,28 +253,6 @@ impl Trainable {
 /// in Hugging Face order.
 pub const FULL_WEIGHTS: &str = "projections.safetensors";
 
-fn hf_rows(model: &CausalLm, target: LoraTarget) -> Option<Vec<u32>> {
-    let c = model.config();
-    if c.rope_style != RopeStyle::Interleaved {
-        return None;
-    }
-    let heads = match target {
-        LoraTarget::Q => c.n_heads,
-        LoraTarget::K => c.n_kv_heads,
-        _ => return None,
-    };
-    let (hd, half) = (c.head_dim, c.head_dim / 2);
-    let mut idx = vec![0u32; heads * hd];
-    for h in 0..heads {
-        for k in 0..2 {
-            for i in 0..half {
-                idx[h * hd + k * half + i] = (h * hd + 2 * i + k) as u32;
-            }
-        }
-    }
-    Some(idx)
-}
-
 fn full_named_tensors(
     model: &CausalLm,
     vars: &[((usize, LoraTarget), Var)],
@@ -283,7 +261,7 @@ fn full_named_tensors(
     let mut out = HashMap::new();
     for ((layer, target), var) in vars {
         let mut w = var.as_tensor().clone();
-        if let Some(idx) = hf_rows(model, *target) {
+        if let Some(idx) = qk_row_permutation(model, *target, true) {
             w = w.index_select(&Tensor::new(idx.as_slice(), w.device())?, 0)?;
         }
         out.insert(
@@ -306,12 +284,8 @@ pub fn load_full_weights(model: &mut CausalLm, path: &Path) -> Result<usize> {
                 continue;
             };
             let mut w = t.to_dtype(DType::F32)?.to_device(model.device())?;
-            if let Some(idx) = hf_rows(model, target) {
-                let mut inv = vec![0u32; idx.len()];
-                for (i, &p) in idx.iter().enumerate() {
-                    inv[p as usize] = i as u32;
-                }
-                w = w.index_select(&Tensor::new(inv.as_slice(), w.device())?, 0)?;
+            if let Some(idx) = qk_row_permutation(model, target, false) {
+                w = w.index_select(&Tensor::new(idx.as_slice(), w.device())?, 0)?;
             }
             model
                 .set_projection(layer, target, w)
@@ -441,19 +415,14 @@ pub fn train(
         match &trainable {
             Trainable::Lora(s) => s.set_from(&weights)?,
             Trainable::Full(vars) => {
-                let named = full_named_tensors(reranker.model(), vars, DType::F32)?;
-                for (((layer, target), var), _) in vars.iter().zip(named) {
+                for ((layer, target), var) in vars {
                     let name = format!("{}.weight", target.hf_path(*layer));
                     let mut w = weights
                         .get(&name)
                         .with_context(|| format!("--resume: `{name}` missing"))?
                         .to_device(var.device())?;
-                    if let Some(idx) = hf_rows(reranker.model(), *target) {
-                        let mut inv = vec![0u32; idx.len()];
-                        for (i, &p) in idx.iter().enumerate() {
-                            inv[p as usize] = i as u32;
-                        }
-                        w = w.index_select(&Tensor::new(inv.as_slice(), w.device())?, 0)?;
+                    if let Some(idx) = qk_row_permutation(reranker.model(), *target, false) {
+                        w = w.index_select(&Tensor::new(idx.as_slice(), w.device())?, 0)?;
                     }
                     var.set(&w)?;
                 }
