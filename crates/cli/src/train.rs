@@ -245,6 +245,11 @@ pub struct TrainArgs {
     /// Lists per optimizer step (gradient accumulation).
     #[arg(long, default_value_t = 8)]
     pub grad_accum: usize,
+    /// Lists per forward pass, padded into one batch (layers are recomputed
+    /// during the backward pass, so memory holds one layer's activations for
+    /// them); larger is faster on a GPU.
+    #[arg(long, default_value_t = 4)]
+    pub micro_batch: usize,
     /// Clip the global gradient norm (0: off).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
@@ -302,6 +307,7 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
         epochs: args.epochs,
         max_steps: args.max_steps,
         grad_accum: args.grad_accum,
+        micro_batch: args.micro_batch,
         max_grad_norm: args.max_grad_norm,
         weight_decay: args.weight_decay,
         neftune_alpha: (args.neftune > 0.0).then_some(args.neftune),

@@ -37,6 +37,67 @@ pub struct TrainContext<'a> {
     /// NEFTune alpha: uniform embedding noise of magnitude
     /// `alpha / sqrt(tokens * hidden)` (None = off).
     pub embedding_noise: Option<f32>,
+    /// Where dropout masks are kept so that recomputing a layer (gradient
+    /// checkpointing) drops the same inputs; None draws fresh masks.
+    pub dropout_masks: Option<&'a DropoutMasks>,
+}
+
+impl TrainContext<'_> {
+    /// The keep-mask (`1/(1-p)` or 0 per element) for the adapter input `x`
+    /// of `(layer, target)`, or None without dropout.
+    fn dropout_mask(&self, layer: usize, target: LoraTarget, x: &Tensor) -> Result<Option<Tensor>> {
+        if self.dropout <= 0.0 || self.adapters.is_none() {
+            return Ok(None);
+        }
+        let p = f64::from(self.dropout);
+        let draw =
+            || -> Result<Tensor> { Ok(Tensor::rand(0f32, 1f32, x.shape(), x.device())?.ge(p)?) };
+        let keep = match self.dropout_masks {
+            Some(store) => {
+                let mut map = store.0.borrow_mut();
+                match map.get(&(layer, target)) {
+                    Some(m) if m.shape() == x.shape() => m.clone(),
+                    _ => {
+                        let m = draw()?;
+                        map.insert((layer, target), m.clone());
+                        m
+                    }
+                }
+            }
+            None => draw()?,
+        };
+        Ok(Some((keep.to_dtype(DType::F32)? * (1.0 / (1.0 - p)))?))
+    }
+}
+
+/// Dropout keep-masks by (layer, projection), stored as `u8` for one batch.
+#[derive(Default)]
+pub struct DropoutMasks(std::cell::RefCell<std::collections::HashMap<(usize, LoraTarget), Tensor>>);
+
+/// A right-padded batch of training sequences with the RoPE tables and
+/// attention masks its layers share (see [`CausalLm::train_batch`]).
+pub struct TrainBatch {
+    ids: Tensor,
+    lens: Vec<usize>,
+    len: usize,
+    ropes: Vec<(Tensor, Tensor)>,
+    masks: Vec<(Option<usize>, Tensor)>,
+}
+
+impl TrainBatch {
+    /// Padded length: sequence `j`'s position `p` is row `j · len() + p`.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of sequences.
+    pub fn sequences(&self) -> usize {
+        self.lens.len()
+    }
 }
 
 /// The GGUF `general.architecture` values this module can run.
@@ -244,7 +305,7 @@ struct Layer {
 /// prompt with that prefix skip recomputing it.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    /// Per layer `(k, v)`, each `[kv_heads, len, head_dim]`.
+    /// Per layer `(k, v)`, each `[1, kv_heads, len, head_dim]`.
     layers: Vec<Option<(Tensor, Tensor)>>,
     tokens: Vec<u32>,
 }
@@ -285,7 +346,7 @@ impl KvCache {
         for slot in &mut self.layers {
             *slot = match slot.take() {
                 // Narrowing cannot fail: len is below the cached length.
-                Some((k, v)) if len > 0 => k.narrow(1, 0, len).ok().zip(v.narrow(1, 0, len).ok()),
+                Some((k, v)) if len > 0 => k.narrow(2, 0, len).ok().zip(v.narrow(2, 0, len).ok()),
                 _ => None,
             };
         }
@@ -297,9 +358,9 @@ impl KvCache {
         self.tokens.truncate(len);
         for slot in &mut self.layers {
             *slot = match slot.take() {
-                Some((k, v)) if len > 0 => match (k.dim(1), v.dim(1)) {
+                Some((k, v)) if len > 0 => match (k.dim(2), v.dim(2)) {
                     (Ok(kl), Ok(vl)) if kl >= len && vl >= len => {
-                        k.narrow(1, 0, len).ok().zip(v.narrow(1, 0, len).ok())
+                        k.narrow(2, 0, len).ok().zip(v.narrow(2, 0, len).ok())
                     }
                     _ => None,
                 },
@@ -564,7 +625,7 @@ impl CausalLm {
             } else {
                 None
             };
-            match self.forward_chunk(chunk, cache, t, kernel, None) {
+            match self.forward_chunk(chunk, cache, t, kernel) {
                 Ok(h) => last = Some(h),
                 Err(e) => {
                     cache.rollback(start);
@@ -590,27 +651,130 @@ impl CausalLm {
     /// position, `[tokens, hidden]`. Needs dense weights
     /// ([`WeightMode::DequantizedF32`]).
     pub fn forward_train(&self, tokens: &[u32], train: &TrainContext<'_>) -> Result<Tensor> {
-        ensure!(!tokens.is_empty(), "forward called with no tokens");
+        self.forward_train_batch(&[tokens], train)
+    }
+
+    /// [`CausalLm::forward_train`] over several sequences at once, right-padded
+    /// to the longest: returns `[batch · len, hidden]`, sequence `j`'s
+    /// position `p` at row `j · len + p` (rows past a sequence's end are
+    /// padding; causal attention keeps them from touching real positions).
+    pub fn forward_train_batch(&self, seqs: &[&[u32]], train: &TrainContext<'_>) -> Result<Tensor> {
+        let batch = self.train_batch(seqs)?;
+        let mut x = self.train_embed(&batch, train)?;
+        for i in 0..self.layers.len() {
+            x = self.train_layer(i, &x, &batch, train)?;
+        }
+        self.train_final_norm(&x)
+    }
+
+    /// Checks and pads `seqs` for the training pass, and builds the position
+    /// tables and masks its layers share.
+    pub fn train_batch(&self, seqs: &[&[u32]]) -> Result<TrainBatch> {
+        ensure!(
+            !seqs.is_empty() && seqs.iter().all(|s| !s.is_empty()),
+            "forward called with no tokens"
+        );
         ensure!(
             self.mode == WeightMode::DequantizedF32,
             "training needs the f32 weight mode (dequantized weights)"
         );
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
-            bail!(
-                "token id {bad} is out of range for a vocabulary of {}",
-                self.config.vocab
-            );
-        }
+        let len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
         ensure!(
-            tokens.len() <= self.config.context_length,
-            "{} positions exceed the model's context length {}",
-            tokens.len(),
+            len <= self.config.context_length,
+            "{len} positions exceed the model's context length {}",
             self.config.context_length
         );
-        let mut cache = KvCache::new(self);
-        let x = self.forward_chunk(tokens, &mut cache, None, false, Some(train))?;
+        let mut ids = Vec::with_capacity(seqs.len() * len);
+        for s in seqs {
+            if let Some(&bad) = s.iter().find(|&&t| t as usize >= self.config.vocab) {
+                bail!(
+                    "token id {bad} is out of range for a vocabulary of {}",
+                    self.config.vocab
+                );
+            }
+            ids.extend_from_slice(s);
+            // Padding repeats the last token; causal attention never lets a
+            // real position see it.
+            ids.extend(std::iter::repeat_n(s[s.len() - 1], len - s.len()));
+        }
+        let dev = &self.device;
+        let ropes = self
+            .rope_freqs
+            .iter()
+            .map(|f| rope_tables(f, 0, len, dev))
+            .collect::<Result<Vec<_>>>()?;
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        for layer in &self.layers {
+            let w = layer.spec.sliding_window;
+            if !masks.iter().any(|(mw, _)| *mw == w) {
+                masks.push((w, attention_mask(0, len, w, dev)?.1));
+            }
+        }
+        Ok(TrainBatch {
+            ids: Tensor::new(ids, dev)?,
+            lens: seqs.iter().map(|s| s.len()).collect(),
+            len,
+            ropes,
+            masks,
+        })
+    }
+
+    /// Scaled token embeddings of a training batch plus NEFTune noise (each
+    /// sequence's magnitude from its own length), `[batch · len, hidden]`.
+    pub fn train_embed(&self, batch: &TrainBatch, train: &TrainContext<'_>) -> Result<Tensor> {
         let c = &self.config;
-        rms_norm_train(&x, &self.final_norm, c.rms_eps)
+        let mut x = self.embed.rows(&batch.ids)?;
+        if let Some(scale) = c.embed_scale {
+            x = (x * f64::from(scale))?;
+        }
+        if let Some(alpha) = train.embedding_noise {
+            let mags: Vec<f32> = batch
+                .lens
+                .iter()
+                .flat_map(|&n| {
+                    let m = f64::from(alpha) / ((n * c.hidden) as f64).sqrt();
+                    std::iter::repeat_n(m as f32, batch.len)
+                })
+                .collect();
+            let mags = Tensor::from_vec(mags, (batch.lens.len() * batch.len, 1), &self.device)?;
+            let noise = Tensor::rand(-1f32, 1f32, x.shape(), &self.device)?.broadcast_mul(&mags)?;
+            x = (x + noise)?;
+        }
+        Ok(x)
+    }
+
+    /// Block `layer` of the training pass on `x: [batch · len, hidden]`.
+    pub fn train_layer(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        batch: &TrainBatch,
+        train: &TrainContext<'_>,
+    ) -> Result<Tensor> {
+        let l = self.layers.get(layer).context("no such layer")?;
+        let mask = &batch
+            .masks
+            .iter()
+            .find(|(w, _)| *w == l.spec.sliding_window)
+            .context("mask")?
+            .1;
+        let (cos, sin) = &batch.ropes[l.rope];
+        let mut slot = None;
+        self.block(
+            layer,
+            x,
+            batch.lens.len(),
+            &mut slot,
+            (cos, sin),
+            (0, mask),
+            false,
+            Some(train),
+        )
+    }
+
+    /// The final RMSNorm, differentiable.
+    pub fn train_final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        rms_norm_train(x, &self.final_norm, self.config.rms_eps)
     }
 
     /// Logits of `token_ids` at each row of `hidden` (`[n, hidden]` →
@@ -637,7 +801,6 @@ impl CausalLm {
         cache: &mut KvCache,
         mut taps: Option<&mut Vec<(String, Tensor)>>,
         kernel: bool,
-        train: Option<&TrainContext<'_>>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let dev = &self.device;
@@ -657,29 +820,6 @@ impl CausalLm {
         } else {
             tap("embed", &x)?;
         }
-        if let Some(alpha) = train.and_then(|t| t.embedding_noise) {
-            // NEFTune: uniform noise of magnitude alpha / sqrt(len * hidden).
-            let mag = f64::from(alpha) / ((s * c.hidden) as f64).sqrt();
-            let noise = (Tensor::rand(-1f32, 1f32, x.shape(), dev)? * mag)?;
-            x = (x + noise)?;
-        }
-        let norm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
-            if train.is_some() {
-                rms_norm_train(x, w, c.rms_eps)
-            } else {
-                rms_norm(x, w, c.rms_eps)
-            }
-        };
-        let linear = |i: usize, target: LoraTarget, w: &Linear, x: &Tensor| -> Result<Tensor> {
-            let y = w.forward(x, kernel)?;
-            match train.and_then(|t| t.adapters.map(|a| (a, t.dropout))) {
-                Some((adapters, dropout)) => match adapters.get(i, target) {
-                    Some(pair) => Ok((y + pair.delta(x, dropout)?)?),
-                    None => Ok(y),
-                },
-                None => Ok(y),
-            }
-        };
         // RoPE tables for this chunk's positions, one per distinct frequency set.
         let ropes = self
             .rope_freqs
@@ -701,47 +841,85 @@ impl CausalLm {
                 .find(|(w, _, _)| *w == layer.spec.sliding_window)
                 .context("mask")?;
             let (cos, sin) = &ropes[layer.rope];
-            let resid = &x;
-            let h = norm(&x, &layer.attn_norm)?;
-            let proj = |target: LoraTarget, w: &Linear, x: &Tensor| linear(i, target, w, x);
-            let mut a = self.attention(
-                layer,
-                &h,
+            x = self.block(
+                i,
+                &x,
+                1,
                 &mut cache.layers[i],
                 (cos, sin),
                 (*k0, mask),
-                &proj,
-                train.is_some(),
+                kernel,
+                None,
             )?;
-            if let Some(n) = &layer.post_attn_norm {
-                a = norm(&a, n)?;
-            }
-            let x1 = (resid + a)?;
-            let h = norm(&x1, &layer.ffn_norm)?;
-            let gate = proj(LoraTarget::Gate, &layer.gate, &h)?;
-            let gate = match c.activation {
-                Activation::Silu => candle_nn::ops::silu(&gate)?,
-                Activation::GeluTanh => gate.gelu()?,
-            };
-            let up = proj(LoraTarget::Up, &layer.up, &h)?;
-            let mut m = proj(LoraTarget::Down, &layer.down, &(gate * up)?)?;
-            if let Some(n) = &layer.post_ffn_norm {
-                m = norm(&m, n)?;
-            }
-            x = (x1 + m)?;
             tap(&format!("layer{i}_out"), &x)?;
         }
         cache.tokens.extend_from_slice(tokens);
         Ok(x)
     }
 
-    /// Self-attention of one layer; `proj` applies a projection (plus its
-    /// adapter when training); `train` selects differentiable kernels.
+    /// One transformer block on `x: [batch · s, hidden]` (`batch` sequences
+    /// of `s` positions). `slot` holds the layer's cached keys and values
+    /// (inference, `batch` 1); `train` adds adapters and selects
+    /// differentiable kernels.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        batch: usize,
+        slot: &mut Option<(Tensor, Tensor)>,
+        rope: (&Tensor, &Tensor),
+        mask: (usize, &Tensor),
+        kernel: bool,
+        train: Option<&TrainContext<'_>>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let layer = &self.layers[i];
+        let norm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            if train.is_some() {
+                rms_norm_train(x, w, c.rms_eps)
+            } else {
+                rms_norm(x, w, c.rms_eps)
+            }
+        };
+        let proj = |target: LoraTarget, w: &Linear, x: &Tensor| -> Result<Tensor> {
+            let y = w.forward(x, kernel)?;
+            let Some(t) = train else { return Ok(y) };
+            let Some(pair) = t.adapters.and_then(|a| a.get(i, target)) else {
+                return Ok(y);
+            };
+            let mask = t.dropout_mask(i, target, x)?;
+            Ok((y + pair.delta(x, mask.as_ref())?)?)
+        };
+        let h = norm(x, &layer.attn_norm)?;
+        let mut a = self.attention(layer, &h, batch, slot, rope, mask, &proj, train.is_some())?;
+        if let Some(n) = &layer.post_attn_norm {
+            a = norm(&a, n)?;
+        }
+        let x1 = (x + a)?;
+        let h = norm(&x1, &layer.ffn_norm)?;
+        let gate = proj(LoraTarget::Gate, &layer.gate, &h)?;
+        let gate = match c.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        let up = proj(LoraTarget::Up, &layer.up, &h)?;
+        let mut m = proj(LoraTarget::Down, &layer.down, &(gate * up)?)?;
+        if let Some(n) = &layer.post_ffn_norm {
+            m = norm(&m, n)?;
+        }
+        Ok((x1 + m)?)
+    }
+
+    /// Self-attention of one layer over `batch` sequences; `proj` applies a
+    /// projection (plus its adapter when training); `train` selects
+    /// differentiable kernels.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         layer: &Layer,
         x: &Tensor,
+        batch: usize,
         slot: &mut Option<(Tensor, Tensor)>,
         (cos, sin): (&Tensor, &Tensor),
         (k0, mask): (usize, &Tensor),
@@ -749,9 +927,13 @@ impl CausalLm {
         train: bool,
     ) -> Result<Tensor> {
         let c = &self.config;
-        let (s, hd, nh, nkv) = (x.dim(0)?, c.head_dim, c.n_heads, c.n_kv_heads);
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let s = x.dim(0)? / batch;
+        // [batch·s, n·hd] → [batch, n, s, hd]
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((s, n, hd))?.transpose(0, 1)?.contiguous()?)
+            Ok(t.reshape((batch, s, n, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let mut q = heads(proj(LoraTarget::Q, &layer.wq, x)?, nh)?;
         let mut k = heads(proj(LoraTarget::K, &layer.wk, x)?, nkv)?;
@@ -766,53 +948,53 @@ impl CausalLm {
             }
         }
         let rope = |t: &Tensor| -> Result<Tensor> {
-            let t4 = t.unsqueeze(0)?;
-            let r = match (c.rope_style, train) {
-                (RopeStyle::Interleaved, false) => candle_nn::rotary_emb::rope_i(&t4, cos, sin)?,
-                (RopeStyle::HalfSplit, false) => candle_nn::rotary_emb::rope(&t4, cos, sin)?,
-                (RopeStyle::Interleaved, true) => {
-                    candle_nn::rotary_emb::rope_i_slow(&t4, cos, sin)?
-                }
-                (RopeStyle::HalfSplit, true) => candle_nn::rotary_emb::rope_slow(&t4, cos, sin)?,
-            };
-            Ok(r.squeeze(0)?)
+            Ok(match (c.rope_style, train) {
+                (RopeStyle::Interleaved, false) => candle_nn::rotary_emb::rope_i(t, cos, sin)?,
+                (RopeStyle::HalfSplit, false) => candle_nn::rotary_emb::rope(t, cos, sin)?,
+                (RopeStyle::Interleaved, true) => candle_nn::rotary_emb::rope_i_slow(t, cos, sin)?,
+                (RopeStyle::HalfSplit, true) => candle_nn::rotary_emb::rope_slow(t, cos, sin)?,
+            })
         };
         let q = rope(&q)?;
         let k = rope(&k)?;
         let (k_all, v_all) = match slot.take() {
-            Some((kc, vc)) => (Tensor::cat(&[&kc, &k], 1)?, Tensor::cat(&[&vc, &v], 1)?),
+            Some((kc, vc)) => (Tensor::cat(&[&kc, &k], 2)?, Tensor::cat(&[&vc, &v], 2)?),
             None => (k, v),
         };
-        *slot = Some((k_all.clone(), v_all.clone()));
-        let total = k_all.dim(1)?;
+        if !train {
+            *slot = Some((k_all.clone(), v_all.clone()));
+        }
+        let total = k_all.dim(2)?;
         let (k_use, v_use) = if k0 > 0 {
             (
-                k_all.narrow(1, k0, total - k0)?,
-                v_all.narrow(1, k0, total - k0)?,
+                k_all.narrow(2, k0, total - k0)?,
+                v_all.narrow(2, k0, total - k0)?,
             )
         } else {
             (k_all, v_all)
         };
         let tk = total - k0;
         let group = nh / nkv;
-        // Query heads of one kv head are adjacent: [nkv, group*s, hd].
-        let q = q.reshape((nkv, group * s, hd))?;
+        // Query heads of one kv head are adjacent: [batch, nkv, group*s, hd].
+        let q = q.reshape((batch, nkv, group * s, hd))?;
         let mut scores = (q.matmul(&k_use.t()?)? * c.attn_scale)?;
         if let Some(cap) = c.attn_logit_softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
-        let scores = scores.reshape((nkv, group, s, tk))?.broadcast_add(mask)?;
+        let scores = scores
+            .reshape((batch, nkv, group, s, tk))?
+            .broadcast_add(mask)?;
         let probs = if train {
             candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
-        let probs = probs.reshape((nkv, group * s, tk))?;
+        let probs = probs.reshape((batch, nkv, group * s, tk))?;
         let out = probs.matmul(&v_use.contiguous()?)?;
         let out = out
-            .reshape((nh, s, hd))?
-            .transpose(0, 1)?
-            .reshape((s, nh * hd))?;
+            .reshape((batch, nh, s, hd))?
+            .transpose(1, 2)?
+            .reshape((batch * s, nh * hd))?;
         proj(LoraTarget::O, &layer.wo, &out)
     }
 

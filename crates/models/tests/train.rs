@@ -15,7 +15,7 @@ use firstrank_models::chat::ChatTemplate;
 use firstrank_models::gguf_tokenizer::tokenizer_from_gguf_file;
 use firstrank_models::reranker::{LlmReranker, RerankerConfig};
 use firstrank_models::train::merge::{merge_into_gguf, MergedType};
-use firstrank_models::train::trainer::example_loss;
+use firstrank_models::train::trainer::{accumulate_batch_gradients, example_loss};
 use firstrank_models::train::{
     prepare_example, train, AdapterKind, LoraConfig, LoraSet, LoraTarget, Objective, Schedule,
     TrainOptions,
@@ -109,13 +109,9 @@ fn training_examples_line_up_with_first_inference() {
     assert!(err.contains("list a"), "{err}");
 }
 
-#[test]
-fn lora_gradient_through_the_model_matches_finite_differences() {
-    let Some(r) = reranker(WeightMode::DequantizedF32) else {
-        eprintln!("SKIP: SmolLM2 not available");
-        return;
-    };
-    let model = r.model();
+/// A rank-2 LoRA on three projections whose B matrices are non-zero, so
+/// gradients reach A too.
+fn small_lora_with_nonzero_b(model: &CausalLm) -> LoraSet {
     let config = LoraConfig {
         rank: 2,
         alpha: 4.0,
@@ -123,7 +119,6 @@ fn lora_gradient_through_the_model_matches_finite_differences() {
         targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Down],
     };
     let set = LoraSet::new(model, &config, 5).unwrap();
-    // Non-zero B so gradients reach A too.
     let mut rng = SplitMix64(9);
     for (_, pair) in set.iter() {
         let dims = pair.b.dims().to_vec();
@@ -134,17 +129,28 @@ fn lora_gradient_through_the_model_matches_finite_differences() {
             .set(&Tensor::from_vec(vals, (dims[0], dims[1]), &Device::Cpu).unwrap())
             .unwrap();
     }
+    set
+}
+
+#[test]
+fn lora_gradient_through_the_model_matches_finite_differences() {
+    let Some(r) = reranker(WeightMode::DequantizedF32) else {
+        eprintln!("SKIP: SmolLM2 not available");
+        return;
+    };
+    let model = r.model();
+    let set = small_lora_with_nonzero_b(model);
     let ex = prepare_example(&list("a", QUERY_A, &PASSAGES_A, &[1, 0, 2]), &r).unwrap();
     let ctx = TrainContext {
         adapters: Some(&set),
-        dropout: 0.0,
-        embedding_noise: None,
+        ..TrainContext::default()
     };
     let ids = r.identifier_ids().to_vec();
     for objective in [Objective::Ranking, Objective::Generation] {
         let loss = |ctx: &TrainContext<'_>| {
-            let (l, _, _) = example_loss(model, ctx, &ex, objective, 1.0, &ids).unwrap();
-            l
+            example_loss(model, ctx, &ex, objective, 1.0, &ids)
+                .unwrap()
+                .total
         };
         let l0 = loss(&ctx);
         let grads = l0.backward().unwrap();
@@ -191,6 +197,92 @@ fn lora_gradient_through_the_model_matches_finite_differences() {
                 "{objective} layer {layer} {target:?}: autograd {gk} vs finite difference {fd} (rel {rel})"
             );
         }
+    }
+}
+
+#[test]
+fn checkpointed_batch_gradients_equal_per_example_backward() {
+    let Some(r) = reranker(WeightMode::DequantizedF32) else {
+        eprintln!("SKIP: SmolLM2 not available");
+        return;
+    };
+    let model = r.model();
+    let set = small_lora_with_nonzero_b(model);
+    let ctx = TrainContext {
+        adapters: Some(&set),
+        ..TrainContext::default()
+    };
+    let ids = r.identifier_ids().to_vec();
+    // Lists of different lengths and window sizes: one micro-batch pads
+    // the shorter.
+    let a = prepare_example(&list("a", QUERY_A, &PASSAGES_A, &[1, 0, 2]), &r).unwrap();
+    let mut four = PASSAGES_B.to_vec();
+    four.push("Water boils at lower temperatures at high altitude.");
+    let b = prepare_example(&list("b", QUERY_B, &four, &[2, 3, 0, 1]), &r).unwrap();
+    assert_ne!(a.tokens.len(), b.tokens.len());
+    let vars = set.vars();
+    let objective = Objective::Combined;
+    // Reference: each example through the plain forward pass, mean of the
+    // two backward passes.
+    let mut expected: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut expected_losses = Vec::new();
+    for ex in [&a, &b] {
+        let l = example_loss(model, &ctx, ex, objective, 10.0, &ids).unwrap();
+        expected_losses.push(l.total.to_scalar::<f32>().unwrap() as f64);
+        let store = (l.total * 0.5).unwrap().backward().unwrap();
+        for (slot, v) in expected.iter_mut().zip(&vars) {
+            let g = store.get(v.as_tensor()).unwrap().clone();
+            *slot = Some(match slot.take() {
+                Some(acc) => (acc + g).unwrap(),
+                None => g,
+            });
+        }
+    }
+    let mut got: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let losses = accumulate_batch_gradients(
+        model,
+        &ctx,
+        &[&a, &b],
+        objective,
+        10.0,
+        &ids,
+        0.5,
+        &vars,
+        &mut got,
+    )
+    .unwrap();
+    for (l, e) in losses.iter().zip(&expected_losses) {
+        assert!(
+            (l.total - e).abs() < 1e-3 * e.abs().max(1.0),
+            "loss {} vs {e}",
+            l.total
+        );
+    }
+    for ((g, e), v) in got.iter().zip(&expected).zip(&vars) {
+        let g = g
+            .as_ref()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let e = e
+            .as_ref()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let scale = e.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-8);
+        let worst = g
+            .iter()
+            .zip(&e)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            worst < 1e-3 * scale,
+            "gradient of a {:?} variable differs by {worst} (largest entry {scale})",
+            v.dims()
+        );
     }
 }
 

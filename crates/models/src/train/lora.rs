@@ -150,12 +150,12 @@ pub struct LoraPair {
 }
 
 impl LoraPair {
-    /// `scale · B·A·x` for `x: [n, in]`, with dropout on `x` when `dropout > 0`.
-    pub fn delta(&self, x: &Tensor, dropout: f32) -> candle_core::Result<Tensor> {
-        let x = if dropout > 0.0 {
-            candle_nn::ops::dropout(x, dropout)?
-        } else {
-            x.clone()
+    /// `scale · B·A·(x ⊙ keep)`; `keep` is a scaled dropout mask shaped like
+    /// `x` (None: no dropout).
+    pub fn delta(&self, x: &Tensor, keep: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let x = match keep {
+            Some(k) => (x * k)?,
+            None => x.clone(),
         };
         x.matmul(&self.a.as_tensor().t()?)?
             .matmul(&self.b.as_tensor().t()?)?

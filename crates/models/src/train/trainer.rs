@@ -26,7 +26,7 @@ use super::loss::{lm_loss, weighted_ranknet, Objective, FIRST_RANKING_WEIGHT};
 use super::optim::{clip_grad_norm, learning_rate, AdamW, Schedule};
 use crate::chat::ChatMessage;
 use crate::reranker::LlmReranker;
-use crate::transformer::{CausalLm, TrainContext};
+use crate::transformer::{CausalLm, DropoutMasks, TrainContext};
 
 /// A training list as token ids, with the positions the losses read.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +134,9 @@ pub struct TrainOptions {
     pub max_steps: Option<usize>,
     /// Examples per optimizer step.
     pub grad_accum: usize,
+    /// Examples per forward pass (padded into one batch); a step runs
+    /// `grad_accum / micro_batch` of them.
+    pub micro_batch: usize,
     /// Global gradient-norm clip (0: off).
     pub max_grad_norm: f64,
     pub weight_decay: f64,
@@ -157,6 +160,7 @@ impl Default for TrainOptions {
             epochs: 1,
             max_steps: None,
             grad_accum: 8,
+            micro_batch: 4,
             max_grad_norm: 1.0,
             weight_decay: 0.0,
             neftune_alpha: Some(5.0),
@@ -179,6 +183,7 @@ impl TrainOptions {
             self.grad_accum >= 1,
             "gradient accumulation must be at least 1"
         );
+        ensure!(self.micro_batch >= 1, "the micro-batch must be at least 1");
         ensure!(
             self.epochs >= 1 || self.max_steps.is_some(),
             "epochs must be at least 1"
@@ -310,7 +315,87 @@ struct CheckpointState {
 
 const CHECKPOINT_DIR: &str = "checkpoint";
 
-/// Losses of one example: (total to minimise, ranking part, generation part).
+/// The number of leading tokens of `ex` the forward pass needs: the whole
+/// sequence but its last token for objectives with a generation part, up
+/// to the ranking position otherwise.
+fn forward_len(ex: &PreparedExample, objective: Objective) -> usize {
+    if objective.uses_generation() {
+        ex.tokens.len() - 1
+    } else {
+        ex.rank_position + 1
+    }
+}
+
+/// One example's loss: the total to minimise (with its graph) and the
+/// ranking and generation parts.
+pub struct ExampleLoss {
+    pub total: Tensor,
+    pub ranking: Option<f64>,
+    pub generation: Option<f64>,
+}
+
+/// The values of an example's losses.
+#[derive(Debug, Clone, Copy)]
+pub struct LossValues {
+    pub total: f64,
+    pub ranking: Option<f64>,
+    pub generation: Option<f64>,
+}
+
+/// Losses of the examples of a padded batch from its final hidden states
+/// `[batch · len, hidden]` (example `j` at rows `j · len ..`).
+pub fn batch_losses(
+    model: &CausalLm,
+    hidden: &Tensor,
+    len: usize,
+    batch: &[&PreparedExample],
+    objective: Objective,
+    ranking_weight: f64,
+    identifier_ids: &[u32],
+) -> Result<Vec<ExampleLoss>> {
+    let mut out = Vec::with_capacity(batch.len());
+    for (j, ex) in batch.iter().enumerate() {
+        let upto = forward_len(ex, objective);
+        let row0 = j * len;
+        let mut total: Option<Tensor> = None;
+        let mut ranking = None;
+        let mut generation = None;
+        if objective.uses_ranking() {
+            let h = hidden.narrow(0, row0 + ex.rank_position, 1)?;
+            let n = ex.order.len();
+            let scores = model
+                .logits_rows_train(&h, &identifier_ids[..n])?
+                .squeeze(0)?;
+            let l = weighted_ranknet(&scores, &ex.order)?;
+            ranking = Some(l.to_scalar::<f32>()? as f64);
+            let weight = if objective == Objective::Combined {
+                ranking_weight
+            } else {
+                1.0
+            };
+            total = Some((l * weight)?);
+        }
+        if objective.uses_generation() {
+            let h = hidden.narrow(0, row0 + ex.lm_start, upto - ex.lm_start)?;
+            let logits = model.logits_all_train(&h)?;
+            let l = lm_loss(&logits, &ex.tokens[ex.lm_start + 1..])?;
+            generation = Some(l.to_scalar::<f32>()? as f64);
+            total = Some(match total {
+                Some(t) => (t + l)?,
+                None => l,
+            });
+        }
+        out.push(ExampleLoss {
+            total: total.context("no loss")?,
+            ranking,
+            generation,
+        });
+    }
+    Ok(out)
+}
+
+/// Losses of one example through the plain (not checkpointed) training
+/// forward pass.
 pub fn example_loss(
     model: &CausalLm,
     ctx: &TrainContext<'_>,
@@ -318,42 +403,125 @@ pub fn example_loss(
     objective: Objective,
     ranking_weight: f64,
     identifier_ids: &[u32],
-) -> Result<(Tensor, Option<f64>, Option<f64>)> {
-    let upto = if objective.uses_generation() {
-        ex.tokens.len() - 1
-    } else {
-        ex.rank_position + 1
-    };
+) -> Result<ExampleLoss> {
+    let upto = forward_len(ex, objective);
     let hidden = model.forward_train(&ex.tokens[..upto], ctx)?;
-    let mut total: Option<Tensor> = None;
-    let mut rank = None;
-    let mut gen = None;
-    if objective.uses_ranking() {
-        let h = hidden.narrow(0, ex.rank_position, 1)?;
-        let n = ex.order.len();
-        let scores = model
-            .logits_rows_train(&h, &identifier_ids[..n])?
-            .squeeze(0)?;
-        let l = weighted_ranknet(&scores, &ex.order)?;
-        rank = Some(l.to_scalar::<f32>()? as f64);
-        let weight = if objective == Objective::Combined {
-            ranking_weight
-        } else {
-            1.0
-        };
-        total = Some((l * weight)?);
+    let mut losses = batch_losses(
+        model,
+        &hidden,
+        upto,
+        &[ex],
+        objective,
+        ranking_weight,
+        identifier_ids,
+    )?;
+    losses.pop().context("no loss")
+}
+
+/// Adds `g` to the gradient slot of every variable it has a gradient for.
+fn accumulate(
+    store: &candle_core::backprop::GradStore,
+    vars: &[Var],
+    grads: &mut [Option<Tensor>],
+) -> Result<()> {
+    for (slot, var) in grads.iter_mut().zip(vars) {
+        if let Some(g) = store.get(var.as_tensor()) {
+            let g = g.detach();
+            *slot = Some(match slot.take() {
+                Some(acc) => (acc + g)?,
+                None => g,
+            });
+        }
     }
-    if objective.uses_generation() {
-        let h = hidden.narrow(0, ex.lm_start, upto - ex.lm_start)?;
-        let logits = model.logits_all_train(&h)?;
-        let l = lm_loss(&logits, &ex.tokens[ex.lm_start + 1..])?;
-        gen = Some(l.to_scalar::<f32>()? as f64);
-        total = Some(match total {
-            Some(t) => (t + l)?,
-            None => l,
+    Ok(())
+}
+
+/// Forward and backward pass of a micro-batch, padded into one batch, with
+/// gradient checkpointing per layer: the first pass keeps only each layer's
+/// input; the backward pass recomputes one layer at a time from it and
+/// pushes the gradient of its output through (`sum(y ⊙ ∂L/∂y)`), so memory
+/// holds one layer's activations instead of all of them, which is what lets
+/// several 2,000-token lists share a forward pass. Dropout masks are kept
+/// for the recomputation. Adds `scale ·` the gradients of the summed example
+/// losses to `grads` (one slot per `vars` entry) and returns each example's
+/// losses (values only).
+#[allow(clippy::too_many_arguments)]
+pub fn accumulate_batch_gradients(
+    model: &CausalLm,
+    ctx: &TrainContext<'_>,
+    batch: &[&PreparedExample],
+    objective: Objective,
+    ranking_weight: f64,
+    identifier_ids: &[u32],
+    scale: f64,
+    vars: &[Var],
+    grads: &mut [Option<Tensor>],
+) -> Result<Vec<LossValues>> {
+    let masks = DropoutMasks::default();
+    let ctx = TrainContext {
+        dropout_masks: Some(&masks),
+        ..*ctx
+    };
+    let seqs: Vec<&[u32]> = batch
+        .iter()
+        .map(|ex| &ex.tokens[..forward_len(ex, objective)])
+        .collect();
+    let tb = model.train_batch(&seqs)?;
+    let n_layers = model.config().n_layers;
+    let mut inputs = Vec::with_capacity(n_layers);
+    let mut x = model.train_embed(&tb, &ctx)?.detach();
+    for i in 0..n_layers {
+        let y = model.train_layer(i, &x, &tb, &ctx)?.detach();
+        inputs.push(x);
+        x = y;
+    }
+    let top = Var::from_tensor(&x)?;
+    drop(x);
+    let hidden = model.train_final_norm(top.as_tensor())?;
+    let losses = batch_losses(
+        model,
+        &hidden,
+        tb.len(),
+        batch,
+        objective,
+        ranking_weight,
+        identifier_ids,
+    )?;
+    let mut values = Vec::with_capacity(losses.len());
+    let mut sum: Option<Tensor> = None;
+    for l in losses {
+        values.push(LossValues {
+            total: l.total.to_scalar::<f32>()? as f64,
+            ranking: l.ranking,
+            generation: l.generation,
+        });
+        sum = Some(match sum {
+            Some(s) => (s + l.total)?,
+            None => l.total,
         });
     }
-    Ok((total.context("no loss")?, rank, gen))
+    let sum = sum.context("empty batch")?;
+    let store = (sum * scale)?.backward()?;
+    accumulate(&store, vars, grads)?;
+    let mut upstream = store
+        .get(top.as_tensor())
+        .context("no gradient reached the last layer")?
+        .detach();
+    drop(store);
+    drop(hidden);
+    for i in (0..n_layers).rev() {
+        let input = Var::from_tensor(&inputs.pop().context("layer input")?)?;
+        let y = model.train_layer(i, input.as_tensor(), &tb, &ctx)?;
+        let store = (y * &upstream)?.sum_all()?.backward()?;
+        accumulate(&store, vars, grads)?;
+        if i > 0 {
+            upstream = store
+                .get(input.as_tensor())
+                .with_context(|| format!("no gradient reached layer {i}"))?
+                .detach();
+        }
+    }
+    Ok(values)
 }
 
 /// Trains on `examples` and writes the adapter (or projections) into
@@ -467,6 +635,7 @@ pub fn train(
         let (mut loss_sum, mut rank_sum, mut gen_sum) = (0.0, 0.0, 0.0);
         let (mut rank_n, mut gen_n) = (0usize, 0usize);
         let mut step_tokens = 0;
+        let mut picked = Vec::with_capacity(opts.grad_accum);
         for _ in 0..opts.grad_accum {
             let epoch = consumed / examples.len();
             if epoch_cache.as_ref().map(|(e, _)| *e) != Some(epoch) {
@@ -477,49 +646,53 @@ pub fn train(
                 .map(|(_, o)| o[consumed % examples.len()])
                 .unwrap_or(0);
             consumed += 1;
-            let ex = &examples[idx];
-            let ctx = TrainContext {
-                adapters: match &trainable {
-                    Trainable::Lora(s) => Some(s),
-                    Trainable::Full(_) => None,
-                },
-                dropout: lora_dropout,
-                embedding_noise: opts.neftune_alpha,
-            };
-            let (loss, rank, gen) = example_loss(
+            picked.push(&examples[idx]);
+        }
+        // Similar lengths share a micro-batch, so little is padding.
+        picked.sort_by_key(|ex| ex.tokens.len());
+        let ctx = TrainContext {
+            adapters: match &trainable {
+                Trainable::Lora(s) => Some(s),
+                Trainable::Full(_) => None,
+            },
+            dropout: lora_dropout,
+            embedding_noise: opts.neftune_alpha,
+            dropout_masks: None,
+        };
+        for micro in picked.chunks(opts.micro_batch) {
+            let values = accumulate_batch_gradients(
                 reranker.model(),
                 &ctx,
-                ex,
+                micro,
                 opts.objective,
                 opts.ranking_weight,
                 &identifier_ids,
+                1.0 / opts.grad_accum as f64,
+                &vars,
+                &mut grads,
             )
-            .with_context(|| format!("training example {}", ex.id))?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                bail!(
-                    "training example {}: the loss is {value}; lower the learning rate",
-                    ex.id
-                );
-            }
-            loss_sum += value;
-            if let Some(r) = rank {
-                rank_sum += r;
-                rank_n += 1;
-            }
-            if let Some(g) = gen {
-                gen_sum += g;
-                gen_n += 1;
-            }
-            step_tokens += ex.tokens.len();
-            let store = (loss / opts.grad_accum as f64)?.backward()?;
-            for (slot, var) in grads.iter_mut().zip(&vars) {
-                if let Some(g) = store.get(var.as_tensor()) {
-                    *slot = Some(match slot.take() {
-                        Some(acc) => (acc + g)?,
-                        None => g.clone(),
-                    });
+            .with_context(|| {
+                let ids: Vec<&str> = micro.iter().map(|e| e.id.as_str()).collect();
+                format!("training examples {}", ids.join(", "))
+            })?;
+            for (ex, v) in micro.iter().zip(values) {
+                let value = v.total;
+                if !value.is_finite() {
+                    bail!(
+                        "training example {}: the loss is {value}; lower the learning rate",
+                        ex.id
+                    );
                 }
+                loss_sum += value;
+                if let Some(r) = v.ranking {
+                    rank_sum += r;
+                    rank_n += 1;
+                }
+                if let Some(g) = v.generation {
+                    gen_sum += g;
+                    gen_n += 1;
+                }
+                step_tokens += ex.tokens.len();
             }
         }
         let grad_norm = clip_grad_norm(&mut grads, opts.max_grad_norm)?;
