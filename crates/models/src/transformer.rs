@@ -100,6 +100,10 @@ impl TrainBatch {
     }
 }
 
+/// Queries per block of the block-causal inference attention (chunks longer
+/// than this skip the keys a block cannot see).
+const ATTENTION_BLOCK: usize = 256;
+
 /// The GGUF `general.architecture` values this module can run.
 pub const SUPPORTED_ARCHS: &[&str] = &["llama", "gemma3"];
 
@@ -975,6 +979,16 @@ impl CausalLm {
         };
         let tk = total - k0;
         let group = nh / nkv;
+        if !train && s > ATTENTION_BLOCK {
+            let out = self.block_causal_attention(
+                layer,
+                &q,
+                (&k_use, &v_use),
+                (batch, s, total - s, k0),
+                mask,
+            )?;
+            return proj(LoraTarget::O, &layer.wo, &out);
+        }
         // Query heads of one kv head are adjacent: [batch, nkv, group*s, hd].
         let q = q.reshape((batch, nkv, group * s, hd))?;
         let mut scores = (q.matmul(&k_use.t()?)? * c.attn_scale)?;
@@ -996,6 +1010,60 @@ impl CausalLm {
             .transpose(1, 2)?
             .reshape((batch * s, nh * hd))?;
         proj(LoraTarget::O, &layer.wo, &out)
+    }
+
+    /// Inference attention for a long chunk, one block of
+    /// [`ATTENTION_BLOCK`] queries at a time over only the keys some query
+    /// of the block can see (causal, and the sliding window where the layer
+    /// has one). Skipping the masked keys halves the score and softmax work
+    /// of a prefill and keeps each score matrix small; the result equals the
+    /// full masked computation, since masked keys get probability exactly 0.
+    /// `q: [batch, heads, s, hd]`, `k`/`v: [batch, kv_heads, keys, hd]`
+    /// (keys from absolute position `k0`), `mask: [s, keys]`; returns
+    /// `[batch · s, heads · hd]`.
+    fn block_causal_attention(
+        &self,
+        layer: &Layer,
+        q: &Tensor,
+        (k, v): (&Tensor, &Tensor),
+        (batch, s, offset, k0): (usize, usize, usize, usize),
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let group = nh / nkv;
+        let q = q.reshape((batch, nkv, group, s, hd))?;
+        let mut outs = Vec::with_capacity(s.div_ceil(ATTENTION_BLOCK));
+        for q0 in (0..s).step_by(ATTENTION_BLOCK) {
+            let len = ATTENTION_BLOCK.min(s - q0);
+            let first_key = match layer.spec.sliding_window {
+                Some(w) => (offset + q0 + 1).saturating_sub(w),
+                None => 0,
+            };
+            let start = first_key.saturating_sub(k0);
+            let keys = offset + q0 + len - k0 - start;
+            let qb = q
+                .narrow(3, q0, len)?
+                .contiguous()?
+                .reshape((batch, nkv, group * len, hd))?;
+            let kb = k.narrow(2, start, keys)?;
+            let vb = v.narrow(2, start, keys)?.contiguous()?;
+            let mut scores = (qb.matmul(&kb.t()?)? * c.attn_scale)?;
+            if let Some(cap) = c.attn_logit_softcap {
+                scores = ((scores / cap)?.tanh()? * cap)?;
+            }
+            let mb = mask.narrow(0, q0, len)?.narrow(1, start, keys)?;
+            let scores = scores
+                .reshape((batch, nkv, group, len, keys))?
+                .broadcast_add(&mb)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?
+                .reshape((batch, nkv, group * len, keys))?;
+            outs.push(probs.matmul(&vb)?.reshape((batch, nkv, group, len, hd))?);
+        }
+        Ok(Tensor::cat(&outs, 3)?
+            .reshape((batch, nh, s, hd))?
+            .transpose(1, 2)?
+            .reshape((batch * s, nh * hd))?)
     }
 
     /// The projection `target` of layer `layer`.
