@@ -103,6 +103,8 @@ pub struct LlmReranker {
     cache: KvCache,
     /// Reuse the KV cache of the prompt prefix shared with the previous window.
     prefix_cache: bool,
+    /// Score independent FIRST windows in one padded forward pass.
+    batch_windows: bool,
     stats: ScoringStats,
     name: String,
 }
@@ -178,6 +180,7 @@ impl LlmReranker {
             }
         }
         let cache = KvCache::new(&model);
+        let batch_windows = !model.device().is_cpu();
         Ok(Self {
             model,
             tokenizer,
@@ -187,6 +190,7 @@ impl LlmReranker {
             stop_ids,
             cache,
             prefix_cache: true,
+            batch_windows,
             stats: ScoringStats::default(),
             name,
         })
@@ -222,6 +226,12 @@ impl LlmReranker {
     /// every prompt from its first token, for measuring what the cache saves).
     pub fn set_prefix_cache(&mut self, enabled: bool) {
         self.prefix_cache = enabled;
+    }
+
+    /// Turns batching of independent FIRST windows on or off (default: on
+    /// for CUDA, off on the CPU).
+    pub fn set_batch_windows(&mut self, enabled: bool) {
+        self.batch_windows = enabled;
         self.cache.clear();
     }
 
@@ -413,6 +423,36 @@ impl WindowScorer for LlmReranker {
             ));
         }
         Some(line)
+    }
+
+    /// FIRST windows of different queries go through one padded forward
+    /// pass when batching is on (the default on CUDA, where it pays; on the
+    /// CPU the work is compute-bound and the prefix cache would be lost).
+    /// Generation, and single windows, go one by one.
+    fn score_windows(&mut self, windows: &[(&Query, &[Candidate])]) -> Result<Vec<Vec<f32>>> {
+        if windows.len() < 2 || !self.batch_windows || self.config.mode != ScoringMode::First {
+            return windows
+                .iter()
+                .map(|(q, w)| self.score_window(q, w))
+                .collect();
+        }
+        let started = Instant::now();
+        let mut inputs = Vec::with_capacity(windows.len());
+        for (q, w) in windows {
+            inputs.push(self.window_input(q, w)?.1);
+        }
+        let refs: Vec<&[u32]> = inputs.iter().map(|v| v.as_slice()).collect();
+        let before = self.model.forward_calls();
+        let hidden = self.model.forward_batch_last(&refs)?;
+        let mut out = Vec::with_capacity(windows.len());
+        for (h, (_, w)) in hidden.iter().zip(windows) {
+            out.push(self.model.logits_for(h, &self.identifier_ids[..w.len()])?);
+        }
+        self.stats.forward_calls += self.model.forward_calls() - before;
+        self.stats.prompt_tokens += inputs.iter().map(|v| v.len() as u64).sum::<u64>();
+        self.stats.windows += windows.len() as u64;
+        self.stats.seconds += started.elapsed().as_secs_f64();
+        Ok(out)
     }
 
     fn score_window(&mut self, query: &Query, window: &[Candidate]) -> Result<Vec<f32>> {

@@ -647,6 +647,84 @@ impl CausalLm {
         Ok(out)
     }
 
+    /// Several independent prompts in one pass, right-padded to the longest
+    /// (padding comes after each prompt, so causal attention keeps it away
+    /// from real positions), without a KV cache: returns each prompt's last
+    /// hidden state after the final norm, `[hidden]`, as [`CausalLm::forward`]
+    /// would from an empty cache. One forward call however many prompts.
+    pub fn forward_batch_last(&mut self, prompts: &[&[u32]]) -> Result<Vec<Tensor>> {
+        self.forward_calls += 1;
+        ensure!(
+            !prompts.is_empty() && prompts.iter().all(|p| !p.is_empty()),
+            "forward called with no tokens"
+        );
+        let c = &self.config;
+        let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        ensure!(
+            len <= c.context_length,
+            "{len} positions exceed the model's context length {}",
+            c.context_length
+        );
+        let mut ids = Vec::with_capacity(prompts.len() * len);
+        for p in prompts {
+            if let Some(&bad) = p.iter().find(|&&t| t as usize >= c.vocab) {
+                bail!(
+                    "token id {bad} is out of range for a vocabulary of {}",
+                    c.vocab
+                );
+            }
+            ids.extend_from_slice(p);
+            ids.extend(std::iter::repeat_n(p[p.len() - 1], len - p.len()));
+        }
+        // The same weight path a single prompt of this length would take.
+        let kernel = prompts.iter().all(|p| p.len() < EXACT_MIN_TOKENS);
+        let dev = &self.device;
+        let ids = Tensor::new(ids, dev)?;
+        let mut x = self.embed.rows(&ids)?;
+        if let Some(scale) = c.embed_scale {
+            x = (x * f64::from(scale))?;
+        }
+        let ropes = self
+            .rope_freqs
+            .iter()
+            .map(|f| rope_tables(f, 0, len, dev))
+            .collect::<Result<Vec<_>>>()?;
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        for layer in &self.layers {
+            let w = layer.spec.sliding_window;
+            if !masks.iter().any(|(mw, _)| *mw == w) {
+                masks.push((w, attention_mask(0, len, w, dev)?.1));
+            }
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mask = &masks
+                .iter()
+                .find(|(w, _)| *w == layer.spec.sliding_window)
+                .context("mask")?
+                .1;
+            let (cos, sin) = &ropes[layer.rope];
+            let mut slot = None;
+            x = self.block(
+                i,
+                &x,
+                prompts.len(),
+                &mut slot,
+                (cos, sin),
+                (0, mask),
+                kernel,
+                None,
+            )?;
+        }
+        let rows: Vec<u32> = prompts
+            .iter()
+            .enumerate()
+            .map(|(j, p)| (j * len + p.len() - 1) as u32)
+            .collect();
+        let last = x.index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
+        let normed = rms_norm(&last, &self.final_norm, c.rms_eps)?;
+        (0..prompts.len()).map(|j| Ok(normed.get(j)?)).collect()
+    }
+
     /// The differentiable forward pass used for training: all of `tokens` in
     /// one pass from an empty cache, with the LoRA adapters of `train` added
     /// to their projections, and gradient-carrying versions of the fused
@@ -1056,8 +1134,12 @@ impl CausalLm {
             let scores = scores
                 .reshape((batch, nkv, group, len, keys))?
                 .broadcast_add(&mb)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?
-                .reshape((batch, nkv, group * len, keys))?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((
+                batch,
+                nkv,
+                group * len,
+                keys,
+            ))?;
             outs.push(probs.matmul(&vb)?.reshape((batch, nkv, group, len, hd))?);
         }
         Ok(Tensor::cat(&outs, 3)?

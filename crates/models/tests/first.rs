@@ -102,3 +102,56 @@ fn gemma3_quantized_rescoring_a_cached_window_is_stable() {
     let want = f32s(&w["letter_logits"]);
     assert!(max_abs_diff(&first, &want) < 1e-3);
 }
+
+/// Windows of different lengths scored in one padded forward pass give the
+/// logits each gets alone from an empty cache.
+fn check_batched_windows(case: &ModelCase) {
+    let Some(windows) = fixture(case, "windows.json") else {
+        return;
+    };
+    let Some(meta) = fixture(case, "meta.json") else {
+        return;
+    };
+    let Some(model) = model(case, WeightMode::Quantized) else {
+        return;
+    };
+    let mut m = model.lock().unwrap();
+    let letters = u32s(&meta["letter_token_ids"]);
+    let w = windows["windows"].as_array().unwrap();
+    // The longest and the shortest prompt of the fixtures.
+    let mut prompts: Vec<Vec<u32>> = w.iter().map(|x| u32s(&x["token_ids"])).collect();
+    prompts.sort_by_key(|p| p.len());
+    let pair = [prompts[0].clone(), prompts[prompts.len() - 1].clone()];
+    assert!(pair[0].len() < pair[1].len());
+    let alone: Vec<Vec<f32>> = pair
+        .iter()
+        .map(|p| {
+            let mut cache = KvCache::new(&m);
+            let h = m.forward(p, &mut cache, None).unwrap();
+            m.logits_for(&h, &letters).unwrap()
+        })
+        .collect();
+    let before = m.forward_calls();
+    let refs: Vec<&[u32]> = pair.iter().map(|p| p.as_slice()).collect();
+    let hidden = m.forward_batch_last(&refs).unwrap();
+    assert_eq!(m.forward_calls(), before + 1, "one forward call per batch");
+    for (h, want) in hidden.iter().zip(&alone) {
+        let got = m.logits_for(h, &letters).unwrap();
+        assert!(
+            max_abs_diff(&got, want) < 1e-3,
+            "{}: batched {got:?} vs alone {want:?}",
+            case.file
+        );
+    }
+    assert!(m.forward_batch_last(&[]).is_err());
+}
+
+#[test]
+fn smollm2_batched_windows_match_one_by_one() {
+    check_batched_windows(&SMOLLM2);
+}
+
+#[test]
+fn gemma3_batched_windows_match_one_by_one() {
+    check_batched_windows(&GEMMA3);
+}
