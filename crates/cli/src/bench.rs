@@ -170,16 +170,14 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
     reranker.set_mode(ScoringMode::First);
     reranker.score_window(&windows[0].query, &windows[0].candidates)?;
     let mut results = Vec::new();
+    let mut timed: Vec<(ScoringMode, f64)> = Vec::new();
     for (name, mode) in &modes {
-        results.push(time_mode(&mut reranker, *mode, name, &windows)?);
+        let r = time_mode(&mut reranker, *mode, name, &windows)?;
+        timed.push((*mode, r.seconds_per_window));
+        results.push(r);
     }
-    let per = |m: &str| {
-        results
-            .iter()
-            .find(|r| r.mode == m)
-            .map(|r| r.seconds_per_window)
-    };
-    let generate_over_first = match (per("generate").or(per("generation")), per("first")) {
+    let per = |m: ScoringMode| timed.iter().find(|(t, _)| *t == m).map(|(_, s)| *s);
+    let generate_over_first = match (per(ScoringMode::Generate), per(ScoringMode::First)) {
         (Some(g), Some(f)) if f > 0.0 => Some(g / f),
         _ => None,
     };

@@ -2,53 +2,11 @@
 //! oracle ceiling of the sliding window, resume, and bad input (non-zero exit,
 //! a message naming the place, no output file).
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+mod support;
 
-use assert_cmd::Command;
+use std::path::Path;
 
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("FIRSTRANK_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    if dir.join("data/dl19/qrels.txt").exists() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: shared data not found at {}", dir.display());
-        None
-    }
-}
-
-fn firstrank(args: &[&str]) -> Output {
-    Command::cargo_bin("firstrank")
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// The `all` value of a metric in trec_eval layout.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            let cols: Vec<&str> = l.split('\t').collect();
-            (cols.len() == 3 && cols[0].trim() == name && cols[1] == "all")
-                .then(|| cols[2].parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use support::{firstrank, p, shared, stderr, stdout, trec_metric as metric};
 
 #[test]
 fn eval_reproduces_anserini_bm25_on_dl19_and_dl20() {

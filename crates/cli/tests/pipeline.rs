@@ -4,10 +4,11 @@
 //! `minilm` model is cached or FIRSTRANK_FETCH_MODELS=1), and bad configs
 //! (non-zero exit, a message naming the config and the stage, no runs written).
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+mod support;
 
-use assert_cmd::Command;
+use std::path::{Path, PathBuf};
+
+use support::{firstrank, p, stderr};
 
 const DOCS: [(&str, &str); 12] = [
     (
@@ -109,22 +110,6 @@ impl Bed {
         std::fs::write(&c, text).unwrap();
         c
     }
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn firstrank(args: &[&str]) -> Output {
-    Command::cargo_bin("firstrank")
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn minilm_available() -> bool {

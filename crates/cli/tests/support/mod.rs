@@ -1,0 +1,55 @@
+//! Helpers shared by the CLI's integration tests: running the binary, reading
+//! its output, and finding the shared data.
+// Each test crate uses its own subset of these.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+/// `FIRSTRANK_SHARED`, else `../shared` beside the checkout; None (with a
+/// message) when the data is not there.
+pub fn shared() -> Option<PathBuf> {
+    let dir = std::env::var_os("FIRSTRANK_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    if dir.join("data/dl19/qrels.txt").exists() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: shared data not found at {}", dir.display());
+        None
+    }
+}
+
+/// Runs the `firstrank` binary with `args`.
+pub fn firstrank(args: &[&str]) -> Output {
+    Command::cargo_bin("firstrank")
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The `all` value of a metric in trec_eval layout.
+pub fn trec_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            (cols.len() == 3 && cols[0].trim() == name && cols[1] == "all")
+                .then(|| cols[2].parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
