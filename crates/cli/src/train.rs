@@ -389,7 +389,10 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
         tokens_done += s.tokens;
         let parts = [
             Some(format!("loss {:.4}", s.loss)),
-            s.ranking_loss.map(|r| format!("rank {r:.4}")),
+            s.ranking_loss.map(|r| match s.ranking_loss_flat {
+                Some(f) => format!("rank {r:.4} (flat {f:.4})"),
+                None => format!("rank {r:.4}"),
+            }),
             s.generation_loss.map(|g| format!("lm {g:.4}")),
             Some(format!("lr {:.2e}", s.learning_rate)),
             Some(format!(
@@ -428,6 +431,15 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
             summary.final_loss,
             args.output.display()
         );
+    }
+    if let (Some(r), Some(flat)) = (summary.final_ranking_loss, summary.ranking_loss_flat) {
+        if r >= 0.97 * flat {
+            tracing::warn!(
+                "the ranking loss ended at {r:.4}, the level of equal identifier logits ({flat:.4}): \
+                 the adapter has not learned to order passages (more lists, more queries or a larger \
+                 model may help; check it against --shuffle-input before using it)"
+            );
+        }
     }
     Ok(())
 }

@@ -358,6 +358,15 @@ fn small_model_overfits_two_lists_and_the_adapter_reloads() {
     })
     .unwrap();
     assert_eq!(summary.steps, 8);
+    // It learned an order: far below the loss of equal identifier logits.
+    let (rank_last, flat) = (
+        summary.final_ranking_loss.unwrap(),
+        summary.ranking_loss_flat.unwrap(),
+    );
+    assert!(
+        rank_last < flat / 3.0,
+        "ranking loss {rank_last} vs flat {flat}"
+    );
     let (rank0, gen0, _) = reports[0];
     let (rank_end, gen_end, total_end) = *reports.last().unwrap();
     // The combined loss is the weighted sum of its parts (λ = 10).

@@ -84,6 +84,25 @@ pub fn ranknet_pairs(order: &[usize]) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
     (better, worse, weight)
 }
 
+/// Weighted RankNet of a window of `n` passages whose identifier logits are
+/// all equal: `ln 2 · mean over pairs of 1/(r_i + r_j)` (0.0411 for 20). A
+/// ranking loss that settles here means the model has flattened its logits
+/// and learned no order.
+pub fn flat_ranknet_loss(n: usize) -> f64 {
+    let mut sum = 0.0;
+    let mut pairs = 0usize;
+    for a in 1..=n {
+        for b in a + 1..=n {
+            sum += 1.0 / (a + b) as f64;
+            pairs += 1;
+        }
+    }
+    if pairs == 0 {
+        return 0.0;
+    }
+    std::f64::consts::LN_2 * sum / pairs as f64
+}
+
 /// Weighted RankNet of `scores` (`[n]`, one per window position) against the
 /// target `order`; a scalar tensor that carries gradients.
 pub fn weighted_ranknet(scores: &Tensor, order: &[usize]) -> Result<Tensor> {
@@ -181,6 +200,16 @@ mod tests {
         }
         // The gradient pushes the best passage up and the worst down.
         assert!(grad[2] < 0.0 && grad[3] > 0.0);
+    }
+
+    #[test]
+    fn flat_level_is_the_loss_of_equal_scores() {
+        for n in [2usize, 3, 20] {
+            let order: Vec<usize> = (0..n).rev().collect();
+            let (loss, _) = weighted_ranknet_reference(&vec![1.5; n], &order);
+            assert!((loss - flat_ranknet_loss(n)).abs() < 1e-7, "n={n}");
+        }
+        assert!((flat_ranknet_loss(20) - 0.04107).abs() < 1e-5);
     }
 
     #[test]

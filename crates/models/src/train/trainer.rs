@@ -22,7 +22,7 @@ use firstrank_core::training::TrainingList;
 use serde::{Deserialize, Serialize};
 
 use super::lora::{qk_row_permutation, LoraConfig, LoraSet, LoraTarget};
-use super::loss::{lm_loss, weighted_ranknet, Objective, FIRST_RANKING_WEIGHT};
+use super::loss::{flat_ranknet_loss, lm_loss, weighted_ranknet, Objective, FIRST_RANKING_WEIGHT};
 use super::optim::{clip_grad_norm, learning_rate, AdamW, Schedule};
 use crate::chat::ChatMessage;
 use crate::reranker::LlmReranker;
@@ -210,6 +210,9 @@ pub struct StepReport {
     /// Mean over the step's examples.
     pub loss: f64,
     pub ranking_loss: Option<f64>,
+    /// What the ranking loss of the step's windows would be with all
+    /// identifier logits equal ([`flat_ranknet_loss`]).
+    pub ranking_loss_flat: Option<f64>,
     pub generation_loss: Option<f64>,
     pub learning_rate: f64,
     pub grad_norm: f64,
@@ -229,6 +232,11 @@ pub struct TrainSummary {
     pub seconds: f64,
     pub final_loss: f64,
     pub first_loss: f64,
+    /// The last step's ranking loss and its flat level (ranking objectives).
+    #[serde(default)]
+    pub final_ranking_loss: Option<f64>,
+    #[serde(default)]
+    pub ranking_loss_flat: Option<f64>,
     pub trainable_parameters: usize,
     pub options: String,
 }
@@ -628,12 +636,14 @@ pub fn train(
         AdapterKind::Full => 0.0,
     };
     let mut last_loss = f64::NAN;
+    let mut last_ranking: Option<(f64, f64)> = None;
     let mut epoch_cache: Option<(usize, Vec<usize>)> = None;
     while opt.steps() < total_steps {
         let step = opt.steps();
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let (mut loss_sum, mut rank_sum, mut gen_sum) = (0.0, 0.0, 0.0);
         let (mut rank_n, mut gen_n) = (0usize, 0usize);
+        let mut flat_sum = 0.0;
         let mut step_tokens = 0;
         let mut picked = Vec::with_capacity(opts.grad_accum);
         for _ in 0..opts.grad_accum {
@@ -685,6 +695,7 @@ pub fn train(
                 }
                 loss_sum += value;
                 if let Some(r) = v.ranking {
+                    flat_sum += flat_ranknet_loss(ex.order.len());
                     rank_sum += r;
                     rank_n += 1;
                 }
@@ -706,6 +717,9 @@ pub fn train(
         opt.step(&grads, lr)?;
         tokens_seen += step_tokens;
         last_loss = loss_sum / opts.grad_accum as f64;
+        if rank_n > 0 {
+            last_ranking = Some((rank_sum / rank_n as f64, flat_sum / rank_n as f64));
+        }
         if first_loss.is_nan() {
             first_loss = last_loss;
         }
@@ -715,6 +729,7 @@ pub fn train(
             total_steps,
             loss: last_loss,
             ranking_loss: (rank_n > 0).then(|| rank_sum / rank_n as f64),
+            ranking_loss_flat: (rank_n > 0).then(|| flat_sum / rank_n as f64),
             generation_loss: (gen_n > 0).then(|| gen_sum / gen_n as f64),
             learning_rate: lr,
             grad_norm,
@@ -769,6 +784,8 @@ pub fn train(
         seconds,
         final_loss: last_loss,
         first_loss,
+        final_ranking_loss: last_ranking.map(|r| r.0),
+        ranking_loss_flat: last_ranking.map(|r| r.1),
         trainable_parameters,
         options: format!("{opts:?}"),
     };
