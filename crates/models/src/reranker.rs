@@ -226,13 +226,13 @@ impl LlmReranker {
     /// every prompt from its first token, for measuring what the cache saves).
     pub fn set_prefix_cache(&mut self, enabled: bool) {
         self.prefix_cache = enabled;
+        self.cache.clear();
     }
 
     /// Turns batching of independent FIRST windows on or off (default: on
     /// for CUDA, off on the CPU).
     pub fn set_batch_windows(&mut self, enabled: bool) {
         self.batch_windows = enabled;
-        self.cache.clear();
     }
 
     /// Zeroes the counters.

@@ -172,3 +172,40 @@ fn identifiers_that_are_not_one_token_are_rejected_at_load_time() {
         "{err}"
     );
 }
+
+#[test]
+fn batched_windows_through_the_seam_match_one_by_one() {
+    let Some(windows) = fixture(&SMOLLM2, "windows.json") else {
+        return;
+    };
+    let Some(mut r) = reranker(ScoringMode::First) else {
+        return;
+    };
+    // Two queries' top-20 windows (prompts of different lengths).
+    let (qa, ca) = window_request(&windows["windows"][1]);
+    let (qb, cb) = window_request(&windows["windows"][5]);
+    // On the CPU windows go one by one by default.
+    let alone = [
+        r.score_window(&qa, &ca).unwrap(),
+        r.score_window(&qb, &cb).unwrap(),
+    ];
+    r.set_batch_windows(true);
+    let before = r.model().forward_calls();
+    let batched = r
+        .score_windows(&[(&qa, ca.as_slice()), (&qb, cb.as_slice())])
+        .unwrap();
+    assert_eq!(
+        r.model().forward_calls() - before,
+        1,
+        "one forward pass for the batch"
+    );
+    assert_eq!(r.stats().windows, 4);
+    for (got, want) in batched.iter().zip(&alone) {
+        let diff = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-3, "batched logits differ by {diff}");
+    }
+}
