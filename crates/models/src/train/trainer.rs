@@ -9,7 +9,10 @@
 //! token. The ranking loss reads the identifier logits at the position
 //! after the assistant's `[` (the position FIRST scores at inference); the
 //! generation loss covers every target token. Ranking-only runs stop the
-//! forward pass at that position.
+//! forward pass at that position. The examples of a step are sorted by
+//! length and go through the model a micro-batch at a time, right-padded
+//! into one batch, with each layer recomputed in the backward pass
+//! ([`accumulate_batch_gradients`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
