@@ -464,6 +464,53 @@ impl firstrank_core::prompt::TokenCounter for GgufTokenizer {
     }
 }
 
+/// The tokenizer of a Hugging Face model directory: `tokenizer.json`, with
+/// the BOS/EOS tokens, `add_bos_token` and the chat template from
+/// `tokenizer_config.json` when that file exists (a `chat_template` given as
+/// a list of named templates uses the one named `default`).
+pub fn tokenizer_from_hf_dir(dir: &std::path::Path) -> Result<GgufTokenizer> {
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = Tokenizer::from_file(&tok_path)
+        .map_err(|e| anyhow!("{}: cannot load the tokenizer: {e}", tok_path.display()))?;
+    let cfg_path = dir.join("tokenizer_config.json");
+    let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?,
+        Err(_) => serde_json::Value::Null,
+    };
+    let special = |key: &str| -> Option<(String, u32)> {
+        let v = cfg.get(key)?;
+        let text = v
+            .as_str()
+            .or_else(|| v.get("content").and_then(serde_json::Value::as_str))?;
+        let id = tokenizer.token_to_id(text)?;
+        Some((text.to_string(), id))
+    };
+    let chat_template = match cfg.get("chat_template") {
+        Some(serde_json::Value::String(t)) => Some(t.clone()),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(serde_json::Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string),
+        _ => None,
+    };
+    // Newer checkpoints keep the template in chat_template.jinja.
+    let chat_template =
+        chat_template.or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
+    Ok(GgufTokenizer {
+        bos: special("bos_token"),
+        eos: special("eos_token"),
+        add_bos: cfg
+            .get("add_bos_token")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
+        chat_template,
+        tokenizer,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

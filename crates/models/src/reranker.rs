@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::chat::ChatTemplate;
 use crate::fetch::{resolve_model_arg, ModelLocation};
 use crate::first::first_logits;
-use crate::gguf_tokenizer::{tokenizer_from_gguf_file, GgufTokenizer};
+use crate::gguf_tokenizer::{tokenizer_from_gguf_file, tokenizer_from_hf_dir, GgufTokenizer};
 use crate::transformer::{argmax, CausalLm, KvCache, WeightMode, EXACT_MIN_TOKENS};
 
 /// How a window is scored.
@@ -114,15 +114,10 @@ impl LlmReranker {
     /// fetched on first use), a GGUF path or a model directory.
     pub fn load(model: &str, config: RerankerConfig, device: &Device) -> Result<Self> {
         let location = resolve_model_arg(model)?;
-        let path = match &location {
-            ModelLocation::Gguf { path, .. } => path.clone(),
-            ModelLocation::HfDir { dir, .. } => bail!(
-                "{}: Hugging Face safetensors directories are not supported by the LLM reranker yet; \
-                 convert the model to GGUF (llama.cpp's convert_hf_to_gguf.py) and pass the .gguf file",
-                dir.display()
-            ),
+        let (path, tokenizer) = match &location {
+            ModelLocation::Gguf { path, .. } => (path.clone(), tokenizer_from_gguf_file(path)?),
+            ModelLocation::HfDir { dir, .. } => (dir.clone(), tokenizer_from_hf_dir(dir)?),
         };
-        let tokenizer = tokenizer_from_gguf_file(&path)?;
         let template_source = location
             .chat_template_override()
             .map(str::to_string)
@@ -145,7 +140,10 @@ impl LlmReranker {
                 path.display()
             );
         }
-        let model_lm = CausalLm::load(&path, config.weights, device)?;
+        let model_lm = match &location {
+            ModelLocation::Gguf { .. } => CausalLm::load(&path, config.weights, device)?,
+            ModelLocation::HfDir { .. } => CausalLm::load_hf_dir(&path, config.weights, device)?,
+        };
         Self::assemble(
             model_lm,
             tokenizer,

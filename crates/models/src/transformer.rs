@@ -13,8 +13,11 @@
 //! Shapes inside are batch-free: activations are `[tokens, hidden]`.
 
 mod gemma3;
+mod hf;
 mod llama;
 mod weights;
+
+pub use hf::SUPPORTED_HF_ARCHS;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,7 +27,7 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::{DType, Device, Tensor};
 
 use crate::train::lora::{LoraSet, LoraTarget};
-use weights::{GgufReader, Linear, RowMatrix};
+use weights::{GgufReader, Linear, RowMatrix, WeightSource};
 pub use weights::{WeightMode, EXACT_MIN_TOKENS};
 
 /// What a training forward pass adds to inference: adapters, their input
@@ -471,19 +474,31 @@ impl CausalLm {
         Self::from_reader(&mut reader, config, mode)
     }
 
-    fn from_reader(r: &mut GgufReader<'_>, config: ModelConfig, mode: WeightMode) -> Result<Self> {
+    /// Loads a Hugging Face model directory (`config.json` and
+    /// `*.safetensors`; see the `hf` module for the architectures). In
+    /// quantized mode the matrices are held as Q8_0 blocks.
+    pub fn load_hf_dir(dir: impl AsRef<Path>, mode: WeightMode, device: &Device) -> Result<Self> {
+        let (mut reader, config) = hf::open(dir.as_ref(), device)?;
+        Self::from_reader(&mut reader, config, mode)
+    }
+
+    fn from_reader(
+        r: &mut dyn WeightSource,
+        config: ModelConfig,
+        mode: WeightMode,
+    ) -> Result<Self> {
         let c = &config;
         ensure!(
             c.n_heads > 0 && c.n_kv_heads > 0 && c.n_heads.is_multiple_of(c.n_kv_heads),
             "{}: head_count {} is not a multiple of head_count_kv {}",
-            r.path.display(),
+            r.path().display(),
             c.n_heads,
             c.n_kv_heads
         );
         ensure!(
             c.head_dim.is_multiple_of(2),
             "{}: odd head_dim {}",
-            r.path.display(),
+            r.path().display(),
             c.head_dim
         );
         let (h, hd) = (c.hidden, c.head_dim);
@@ -519,7 +534,7 @@ impl CausalLm {
                 }
             };
             let p = format!("blk.{i}");
-            let opt = |r: &mut GgufReader<'_>,
+            let opt = |r: &mut dyn WeightSource,
                        on: bool,
                        name: &str,
                        n: usize|
@@ -551,7 +566,7 @@ impl CausalLm {
         Ok(Self {
             config,
             mode,
-            device: r.device.clone(),
+            device: r.device().clone(),
             embed,
             output,
             final_norm,

@@ -47,6 +47,20 @@ impl std::str::FromStr for WeightMode {
     }
 }
 
+/// Where a model's tensors come from: a GGUF file or a Hugging Face
+/// safetensors directory. Names are GGUF's (`blk.0.attn_q.weight`); shapes
+/// are candle order (rows/out first). Errors name the file and the tensor.
+pub(crate) trait WeightSource {
+    fn path(&self) -> &Path;
+    fn device(&self) -> &Device;
+    fn has_tensor(&self, name: &str) -> bool;
+    /// A small tensor (norm weights, rope factors) as f32.
+    fn dense(&mut self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    fn linear(&mut self, name: &str, out: usize, inp: usize, mode: WeightMode) -> Result<Linear>;
+    fn rows(&mut self, name: &str, rows: usize, cols: usize, mode: WeightMode)
+        -> Result<RowMatrix>;
+}
+
 /// An open GGUF file: its parsed header and a reader for tensor data. Errors
 /// name the file.
 pub(crate) struct GgufReader<'a> {
@@ -74,10 +88,6 @@ impl<'a> GgufReader<'a> {
         })
     }
 
-    pub fn has_tensor(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
-    }
-
     /// Reads one tensor, checking its shape (candle order: rows/out first).
     pub fn qtensor(&mut self, name: &str, shape: &[usize]) -> Result<QTensor> {
         let info = self.content.tensor_infos.get(name).with_context(|| {
@@ -103,25 +113,32 @@ impl<'a> GgufReader<'a> {
                 )
             })
     }
+}
 
-    /// A small tensor (norm weights, rope factors) dequantized to f32.
-    pub fn dense(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+impl WeightSource for GgufReader<'_> {
+    fn path(&self) -> &Path {
+        self.path
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    fn dense(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let q = self.qtensor(name, shape)?;
         Ok(q.dequantize(&self.device)?.to_dtype(DType::F32)?)
     }
 
-    pub fn linear(
-        &mut self,
-        name: &str,
-        out: usize,
-        inp: usize,
-        mode: WeightMode,
-    ) -> Result<Linear> {
+    fn linear(&mut self, name: &str, out: usize, inp: usize, mode: WeightMode) -> Result<Linear> {
         let q = self.qtensor(name, &[out, inp])?;
         Linear::new(q, mode, &self.device)
     }
 
-    pub fn rows(
+    fn rows(
         &mut self,
         name: &str,
         rows: usize,
@@ -175,6 +192,19 @@ impl Linear {
                 Linear::Dense(q.dequantize(device)?.to_dtype(DType::F32)?)
             }
         })
+    }
+
+    /// A weight held as given (f32 `[out, in]`), or, in quantized mode,
+    /// quantized to Q8_0 when its rows split into Q8_0 blocks (Hugging Face
+    /// checkpoints: a quarter of f32's memory, and the same kernels as GGUF).
+    pub fn from_f32(w: Tensor, mode: WeightMode) -> Result<Self> {
+        let cols = w.dim(1)?;
+        if mode == WeightMode::Quantized && cols % GgmlDType::Q8_0.block_size() == 0 {
+            let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+            let device = w.device().clone();
+            return Self::new(q, mode, &device);
+        }
+        Ok(Linear::Dense(w))
     }
 
     /// The weight as dense f32 `[out, in]` (dequantized if quantized).
@@ -231,6 +261,18 @@ impl RowMatrix {
             }
             _ => RowMatrix::Dense(q.dequantize(device)?.to_dtype(DType::F32)?),
         })
+    }
+
+    /// Like [`Linear::from_f32`]: Q8_0 blocks in quantized mode.
+    pub fn from_f32(w: Tensor, mode: WeightMode) -> Result<Self> {
+        let cols = w.dim(1)?;
+        if mode == WeightMode::Quantized && cols % GgmlDType::Q8_0.block_size() == 0 {
+            return Ok(RowMatrix::Quant(Arc::new(QTensor::quantize(
+                &w,
+                GgmlDType::Q8_0,
+            )?)));
+        }
+        Ok(RowMatrix::Dense(w))
     }
 
     /// The rows `ids`, as f32 `[ids.len(), cols]`.
