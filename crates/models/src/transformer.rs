@@ -77,9 +77,10 @@ impl TrainContext<'_> {
 #[derive(Default)]
 pub struct DropoutMasks(std::cell::RefCell<std::collections::HashMap<(usize, LoraTarget), Tensor>>);
 
-/// A right-padded batch of training sequences with the RoPE tables and
-/// attention masks its layers share (see [`CausalLm::train_batch`]).
-pub struct TrainBatch {
+/// A right-padded batch of sequences with the RoPE tables and attention
+/// masks its layers share (see [`CausalLm::train_batch`]; batched inference
+/// builds one too).
+pub struct PaddedBatch {
     ids: Tensor,
     lens: Vec<usize>,
     len: usize,
@@ -87,7 +88,19 @@ pub struct TrainBatch {
     masks: Vec<(Option<usize>, Tensor)>,
 }
 
-impl TrainBatch {
+impl PaddedBatch {
+    /// The RoPE tables and the additive mask `layer` attends with.
+    fn layer_tables(&self, layer: &Layer) -> Result<((&Tensor, &Tensor), &Tensor)> {
+        let mask = &self
+            .masks
+            .iter()
+            .find(|(w, _)| *w == layer.spec.sliding_window)
+            .context("mask")?
+            .1;
+        let (cos, sin) = &self.ropes[layer.rope];
+        Ok(((cos, sin), mask))
+    }
+
     /// Padded length: sequence `j`'s position `p` is row `j · len() + p`.
     pub fn len(&self) -> usize {
         self.len
@@ -669,67 +682,29 @@ impl CausalLm {
     /// would from an empty cache. One forward call however many prompts.
     pub fn forward_batch_last(&mut self, prompts: &[&[u32]]) -> Result<Vec<Tensor>> {
         self.forward_calls += 1;
-        ensure!(
-            !prompts.is_empty() && prompts.iter().all(|p| !p.is_empty()),
-            "forward called with no tokens"
-        );
-        let c = &self.config;
-        let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        ensure!(
-            len <= c.context_length,
-            "{len} positions exceed the model's context length {}",
-            c.context_length
-        );
-        let mut ids = Vec::with_capacity(prompts.len() * len);
-        for p in prompts {
-            if let Some(&bad) = p.iter().find(|&&t| t as usize >= c.vocab) {
-                bail!(
-                    "token id {bad} is out of range for a vocabulary of {}",
-                    c.vocab
-                );
-            }
-            ids.extend_from_slice(p);
-            ids.extend(std::iter::repeat_n(p[p.len() - 1], len - p.len()));
-        }
+        let batch = self.padded_batch(prompts)?;
         // The same weight path a single prompt of this length would take.
         let kernel = prompts.iter().all(|p| p.len() < EXACT_MIN_TOKENS);
-        let dev = &self.device;
-        let ids = Tensor::new(ids, dev)?;
-        let mut x = self.embed.rows(&ids)?;
+        let c = &self.config;
+        let mut x = self.embed.rows(&batch.ids)?;
         if let Some(scale) = c.embed_scale {
             x = (x * f64::from(scale))?;
         }
-        let ropes = self
-            .rope_freqs
-            .iter()
-            .map(|f| rope_tables(f, 0, len, dev))
-            .collect::<Result<Vec<_>>>()?;
-        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
-        for layer in &self.layers {
-            let w = layer.spec.sliding_window;
-            if !masks.iter().any(|(mw, _)| *mw == w) {
-                masks.push((w, attention_mask(0, len, w, dev)?.1));
-            }
-        }
         for (i, layer) in self.layers.iter().enumerate() {
-            let mask = &masks
-                .iter()
-                .find(|(w, _)| *w == layer.spec.sliding_window)
-                .context("mask")?
-                .1;
-            let (cos, sin) = &ropes[layer.rope];
+            let (rope, mask) = batch.layer_tables(layer)?;
             let mut slot = None;
             x = self.block(
                 i,
                 &x,
                 prompts.len(),
                 &mut slot,
-                (cos, sin),
+                rope,
                 (0, mask),
                 kernel,
                 None,
             )?;
         }
+        let (dev, len) = (&self.device, batch.len);
         let rows: Vec<u32> = prompts
             .iter()
             .enumerate()
@@ -766,14 +741,20 @@ impl CausalLm {
 
     /// Checks and pads `seqs` for the training pass, and builds the position
     /// tables and masks its layers share.
-    pub fn train_batch(&self, seqs: &[&[u32]]) -> Result<TrainBatch> {
-        ensure!(
-            !seqs.is_empty() && seqs.iter().all(|s| !s.is_empty()),
-            "forward called with no tokens"
-        );
+    pub fn train_batch(&self, seqs: &[&[u32]]) -> Result<PaddedBatch> {
         ensure!(
             self.mode == WeightMode::DequantizedF32,
             "training needs the f32 weight mode (dequantized weights)"
+        );
+        self.padded_batch(seqs)
+    }
+
+    /// Checks `seqs` (tokens in the vocabulary, within the context) and pads
+    /// them to the longest, with the RoPE tables and masks of that length.
+    fn padded_batch(&self, seqs: &[&[u32]]) -> Result<PaddedBatch> {
+        ensure!(
+            !seqs.is_empty() && seqs.iter().all(|s| !s.is_empty()),
+            "forward called with no tokens"
         );
         let len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
         ensure!(
@@ -807,7 +788,7 @@ impl CausalLm {
                 masks.push((w, attention_mask(0, len, w, dev)?.1));
             }
         }
-        Ok(TrainBatch {
+        Ok(PaddedBatch {
             ids: Tensor::new(ids, dev)?,
             lens: seqs.iter().map(|s| s.len()).collect(),
             len,
@@ -818,7 +799,7 @@ impl CausalLm {
 
     /// Scaled token embeddings of a training batch plus NEFTune noise (each
     /// sequence's magnitude from its own length), `[batch · len, hidden]`.
-    pub fn train_embed(&self, batch: &TrainBatch, train: &TrainContext<'_>) -> Result<Tensor> {
+    pub fn train_embed(&self, batch: &PaddedBatch, train: &TrainContext<'_>) -> Result<Tensor> {
         let c = &self.config;
         let mut x = self.embed.rows(&batch.ids)?;
         if let Some(scale) = c.embed_scale {
@@ -845,24 +826,18 @@ impl CausalLm {
         &self,
         layer: usize,
         x: &Tensor,
-        batch: &TrainBatch,
+        batch: &PaddedBatch,
         train: &TrainContext<'_>,
     ) -> Result<Tensor> {
         let l = self.layers.get(layer).context("no such layer")?;
-        let mask = &batch
-            .masks
-            .iter()
-            .find(|(w, _)| *w == l.spec.sliding_window)
-            .context("mask")?
-            .1;
-        let (cos, sin) = &batch.ropes[l.rope];
+        let (rope, mask) = batch.layer_tables(l)?;
         let mut slot = None;
         self.block(
             layer,
             x,
             batch.lens.len(),
             &mut slot,
-            (cos, sin),
+            rope,
             (0, mask),
             false,
             Some(train),

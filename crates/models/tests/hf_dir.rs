@@ -16,13 +16,12 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use firstrank_core::prompt::{PromptOptions, PromptTemplate};
 use firstrank_core::window::WindowScorer;
-use firstrank_core::{Candidate, Query};
 use firstrank_models::gguf_tokenizer::tokenizer_from_gguf_file;
 use firstrank_models::reranker::{LlmReranker, RerankerConfig};
 use firstrank_models::transformer::{CausalLm, WeightMode};
 use serde_json::json;
 use transformer_support::{
-    fixture, kendall_tau, max_abs_diff, model_path, ModelCase, GEMMA3, SMOLLM2,
+    fixture, kendall_tau, max_abs_diff, model_path, window_request, ModelCase, GEMMA3, SMOLLM2,
 };
 
 /// The Hugging Face name of a GGUF tensor (llama or gemma3 layout).
@@ -169,26 +168,6 @@ fn reranker(dir: &Path, weights: WeightMode) -> LlmReranker {
         ..RerankerConfig::default()
     };
     LlmReranker::load(dir.to_str().unwrap(), config, &Device::Cpu).unwrap()
-}
-
-fn window_request(w: &serde_json::Value) -> (Query, Vec<Candidate>) {
-    let query = Query {
-        qid: w["qid"].to_string(),
-        text: w["query"].as_str().unwrap().to_string(),
-    };
-    let cands = w["docids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(w["passages_raw"].as_array().unwrap())
-        .map(|(d, p)| Candidate {
-            docid: d.as_str().unwrap().to_string(),
-            score: 0.0,
-            title: None,
-            text: p.as_str().unwrap().to_string(),
-        })
-        .collect();
-    (query, cands)
 }
 
 /// The directory model reproduces the reference on a fixture window: prompt

@@ -10,12 +10,12 @@ mod transformer_support;
 use candle_core::Device;
 use firstrank_core::prompt::{PromptOptions, PromptTemplate};
 use firstrank_core::window::{rerank, WindowScorer, WindowStrategy};
-use firstrank_core::{Candidate, Query, Request};
+use firstrank_core::Request;
 use firstrank_models::chat::ChatTemplate;
 use firstrank_models::gguf_tokenizer::tokenizer_from_gguf_file;
 use firstrank_models::reranker::{identifier_token_ids, LlmReranker, RerankerConfig, ScoringMode};
 use firstrank_models::transformer::{CausalLm, WeightMode};
-use transformer_support::{fixture, model_path, SMOLLM2};
+use transformer_support::{fixture, model_path, window_request, SMOLLM2};
 
 fn reranker(mode: ScoringMode) -> Option<LlmReranker> {
     let path = model_path(SMOLLM2.file)?;
@@ -32,27 +32,6 @@ fn reranker(mode: ScoringMode) -> Option<LlmReranker> {
         max_window: 20,
     };
     Some(LlmReranker::assemble(model, tok, chat, config, "smollm2".into()).unwrap())
-}
-
-fn window_request(w: &serde_json::Value) -> (Query, Vec<Candidate>) {
-    let query = Query {
-        qid: w["qid"].to_string(),
-        text: w["query"].as_str().unwrap().to_string(),
-    };
-    let cands = w["docids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(w["passages_raw"].as_array().unwrap())
-        .enumerate()
-        .map(|(i, (d, p))| Candidate {
-            docid: d.as_str().unwrap().to_string(),
-            score: (100 - i) as f64,
-            title: None,
-            text: p.as_str().unwrap().to_string(),
-        })
-        .collect();
-    (query, cands)
 }
 
 #[test]

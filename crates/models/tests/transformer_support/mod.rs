@@ -149,3 +149,26 @@ pub fn kendall_tau(a: &[f32], b: &[f32]) -> f64 {
     let n1 = (conc + disc + ties_b) as f64;
     (conc - disc) as f64 / (n0 * n1).sqrt()
 }
+
+/// A fixture window (`windows.json` record) as a query and its candidates
+/// (raw passages, in input order, scores falling from 100).
+pub fn window_request(w: &Value) -> (firstrank_core::Query, Vec<firstrank_core::Candidate>) {
+    let query = firstrank_core::Query {
+        qid: w["qid"].to_string(),
+        text: w["query"].as_str().unwrap().to_string(),
+    };
+    let cands = w["docids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(w["passages_raw"].as_array().unwrap())
+        .enumerate()
+        .map(|(i, (d, p))| firstrank_core::Candidate {
+            docid: d.as_str().unwrap().to_string(),
+            score: (100 - i) as f64,
+            title: None,
+            text: p.as_str().unwrap().to_string(),
+        })
+        .collect();
+    (query, cands)
+}
