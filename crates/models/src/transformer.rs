@@ -1,6 +1,7 @@
 //! Decoder-only transformer forward pass on candle tensors, for GGUF
-//! checkpoints of the `llama` (Llama, Mistral, SmolLM2) and `gemma3`
-//! architectures.
+//! checkpoints of the `llama` (Llama, Mistral, SmolLM2), `qwen2`, `qwen3` and
+//! `gemma3` architectures and the Hugging Face directories of `hf`. Qwen2 adds
+//! projection biases and Qwen3 per-head q/k norms to the llama block.
 //!
 //! Hand-written rather than taken from candle-transformers because FIRST needs
 //! things those models do not offer: the output of the last position only, an
@@ -121,7 +122,7 @@ impl PaddedBatch {
 const ATTENTION_BLOCK: usize = 256;
 
 /// The GGUF `general.architecture` values this module can run.
-pub const SUPPORTED_ARCHS: &[&str] = &["llama", "gemma3"];
+pub const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
 
 /// Model family, which decides the block structure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,6 +311,11 @@ struct Layer {
     wk: Linear,
     wv: Linear,
     wo: Linear,
+    /// Projection biases (Qwen2: q/k/v; Llama with `attention_bias`: all four).
+    bq: Option<Tensor>,
+    bk: Option<Tensor>,
+    bv: Option<Tensor>,
+    bo: Option<Tensor>,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     post_attn_norm: Option<Tensor>,
@@ -475,7 +481,7 @@ impl CausalLm {
                 reader: &reader,
             };
             match arch.as_str() {
-                "llama" => llama::config(&meta)?,
+                "llama" | "qwen2" | "qwen3" => llama::config(&meta)?,
                 "gemma3" => gemma3::config(&meta)?,
                 other => bail!(
                     "{}: unsupported model architecture `{other}` (general.architecture); supported: {}",
@@ -558,6 +564,14 @@ impl CausalLm {
                     Ok(None)
                 }
             };
+            let bias = |r: &mut dyn WeightSource, name: &str, n: usize| -> Result<Option<Tensor>> {
+                let full = format!("{p}.{name}.bias");
+                if r.has_tensor(&full) {
+                    Ok(Some(r.dense(&full, &[n])?))
+                } else {
+                    Ok(None)
+                }
+            };
             layers.push(Layer {
                 spec: spec.clone(),
                 rope,
@@ -566,6 +580,10 @@ impl CausalLm {
                 wk: r.linear(&format!("{p}.attn_k.weight"), c.n_kv_heads * hd, h, mode)?,
                 wv: r.linear(&format!("{p}.attn_v.weight"), c.n_kv_heads * hd, h, mode)?,
                 wo: r.linear(&format!("{p}.attn_output.weight"), h, c.n_heads * hd, mode)?,
+                bq: bias(r, "attn_q", c.n_heads * hd)?,
+                bk: bias(r, "attn_k", c.n_kv_heads * hd)?,
+                bv: bias(r, "attn_v", c.n_kv_heads * hd)?,
+                bo: bias(r, "attn_output", h)?,
                 q_norm: opt(r, c.qk_norm, "attn_q_norm", hd)?,
                 k_norm: opt(r, c.qk_norm, "attn_k_norm", hd)?,
                 post_attn_norm: opt(r, c.sandwich_norms, "post_attention_norm", h)?,
@@ -1007,9 +1025,18 @@ impl CausalLm {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let mut q = heads(proj(LoraTarget::Q, &layer.wq, x)?, nh)?;
-        let mut k = heads(proj(LoraTarget::K, &layer.wk, x)?, nkv)?;
-        let v = heads(proj(LoraTarget::V, &layer.wv, x)?, nkv)?;
+        let mut q = heads(
+            with_bias(proj(LoraTarget::Q, &layer.wq, x)?, &layer.bq)?,
+            nh,
+        )?;
+        let mut k = heads(
+            with_bias(proj(LoraTarget::K, &layer.wk, x)?, &layer.bk)?,
+            nkv,
+        )?;
+        let v = heads(
+            with_bias(proj(LoraTarget::V, &layer.wv, x)?, &layer.bv)?,
+            nkv,
+        )?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
             if train {
                 q = rms_norm_train(&q, qn, c.rms_eps)?;
@@ -1055,7 +1082,7 @@ impl CausalLm {
                 (batch, s, total - s, k0),
                 mask,
             )?;
-            return proj(LoraTarget::O, &layer.wo, &out);
+            return with_bias(proj(LoraTarget::O, &layer.wo, &out)?, &layer.bo);
         }
         // Query heads of one kv head are adjacent: [batch, nkv, group*s, hd].
         let q = q.reshape((batch, nkv, group * s, hd))?;
@@ -1077,7 +1104,7 @@ impl CausalLm {
             .reshape((batch, nh, s, hd))?
             .transpose(1, 2)?
             .reshape((batch * s, nh * hd))?;
-        proj(LoraTarget::O, &layer.wo, &out)
+        with_bias(proj(LoraTarget::O, &layer.wo, &out)?, &layer.bo)
     }
 
     /// Inference attention for a long chunk, one block of
@@ -1256,6 +1283,14 @@ impl CausalLm {
         let logits = self.head().project_all(&h)?.squeeze(0)?;
         Ok(self.softcap(logits)?.to_vec1::<f32>()?)
     }
+}
+
+/// `y + b` per row, or `y` for a projection without bias.
+fn with_bias(y: Tensor, b: &Option<Tensor>) -> Result<Tensor> {
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
 }
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * w`.

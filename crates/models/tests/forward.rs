@@ -477,11 +477,14 @@ mod synthetic {
     #[test]
     fn unsupported_architecture_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("qwen.gguf");
-        write_tiny(&p, "qwen2", None);
+        let p = dir.path().join("phi.gguf");
+        write_tiny(&p, "phi3", None);
         let e = load_err(&p);
-        assert!(e.contains("qwen2") && e.contains("llama, gemma3"), "{e}");
-        assert!(e.contains("qwen.gguf"), "{e}");
+        assert!(
+            e.contains("phi3") && e.contains("llama, qwen2, qwen3, gemma3"),
+            "{e}"
+        );
+        assert!(e.contains("phi.gguf"), "{e}");
     }
 
     #[test]

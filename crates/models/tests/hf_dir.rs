@@ -234,7 +234,7 @@ fn unsupported_or_broken_directories_are_named() {
     };
     std::fs::write(
         dir.path().join("config.json"),
-        r#"{"architectures": ["Qwen2ForCausalLM"]}"#,
+        r#"{"architectures": ["Phi3ForCausalLM"]}"#,
     )
     .unwrap();
     std::fs::write(dir.path().join("tokenizer.json"), "{}").unwrap();
@@ -256,7 +256,7 @@ fn unsupported_or_broken_directories_are_named() {
         .unwrap();
         let err = load(dir.path());
         assert!(
-            err.contains("Qwen2ForCausalLM") && err.contains("config.json"),
+            err.contains("Phi3ForCausalLM") && err.contains("config.json"),
             "{err}"
         );
         std::fs::write(

@@ -1,19 +1,23 @@
 //! Hugging Face model directories (`config.json` + `*.safetensors`) for the
 //! architectures whose GGUF form this crate runs: Llama and Mistral
 //! (`LlamaForCausalLM`, `MistralForCausalLM`; FIRST's released reranker is a
-//! Mistral) and Gemma 3 (`Gemma3ForCausalLM`, or the text part of
-//! `Gemma3ForConditionalGeneration`). The hyper-parameters come from
-//! `config.json`; tensors are served under the GGUF names the model builder
-//! asks for. What differs from the GGUF layout is handled here:
+//! Mistral), Qwen2 and Qwen3 (`Qwen2ForCausalLM`, `Qwen3ForCausalLM`: the
+//! llama block plus q/k/v biases, resp. per-head q/k RMSNorms) and Gemma 3
+//! (`Gemma3ForCausalLM`, or the text part of `Gemma3ForConditionalGeneration`).
+//! The hyper-parameters come from `config.json`, in the layout of either
+//! transformers 4 (`rope_theta`, `rope_scaling`) or 5 (`rope_parameters`, flat
+//! or per layer type); tensors are served under the GGUF names the model
+//! builder asks for. What differs from the GGUF layout is handled here:
 //! - q/k rows are in Hugging Face order, so RoPE rotates the two halves of
 //!   each head (llama GGUFs permute those rows for interleaved RoPE);
-//! - Gemma's RMSNorm weights are stored without the `+1` that GGUF folds in;
+//! - Gemma's RMSNorm weights are stored without the `+1` that GGUF folds in
+//!   (Qwen3's q/k norms are plain weights);
 //! - f16, bf16 and f32 tensors are read as f32; in quantized mode the
 //!   projections and embeddings become Q8_0 blocks (a quarter of f32's
-//!   memory, the GGUF kernels), in f32 mode they stay dense.
+//!   memory, the GGUF kernels), in f32 mode they stay dense; biases stay f32.
 //!
-//! Qwen2 (q/k/v biases) and Qwen3 (per-head q/k norms) are not supported yet
-//! and are refused by name.
+//! Refused with a message: MLP biases, Qwen's optional sliding-window layers,
+//! RoPE scaling other than linear.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +33,8 @@ use super::{Activation, Arch, LayerSpec, ModelConfig, RopeStyle};
 pub const SUPPORTED_HF_ARCHS: &[&str] = &[
     "LlamaForCausalLM",
     "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
     "Gemma3ForCausalLM",
     "Gemma3ForConditionalGeneration",
 ];
@@ -83,25 +89,81 @@ impl HfConfig<'_> {
         self.v.get(key).and_then(Value::as_bool)
     }
 
-    /// The factor of `rope_scaling` (1 when absent); only linear scaling is
-    /// supported.
-    fn linear_rope_scale(&self) -> Result<f32> {
-        let Some(s) = self.v.get("rope_scaling").filter(|s| !s.is_null()) else {
-            return Ok(1.0);
+    /// The RoPE settings of layers of `layer_type` (`full_attention`,
+    /// `sliding_attention`) under transformers 5's `rope_parameters`, which is
+    /// either one object for all layers or one per layer type.
+    fn rope_parameters(&self, layer_type: &str) -> Option<&Value> {
+        let p = self.v.get("rope_parameters").filter(|p| p.is_object())?;
+        match p.get(layer_type) {
+            Some(per_type) if per_type.is_object() => Some(per_type),
+            _ if p.get("rope_theta").is_some() || p.get("rope_type").is_some() => Some(p),
+            _ => None,
+        }
+    }
+
+    /// RoPE base of `layer_type` layers: `rope_parameters`, else the
+    /// transformers 4 field `legacy_key`, else `default`.
+    fn rope_theta(&self, layer_type: &str, legacy_key: &str, default: f64) -> Result<f32> {
+        if let Some(t) = self
+            .rope_parameters(layer_type)
+            .and_then(|p| p.get("rope_theta"))
+        {
+            return t.as_f64().map(|t| t as f32).with_context(|| {
+                format!(
+                    "{}: `rope_parameters.rope_theta` is {t}, expected a number",
+                    self.path.display()
+                )
+            });
+        }
+        Ok(self.opt_f64(legacy_key)?.unwrap_or(default) as f32)
+    }
+
+    /// The linear RoPE scaling factor of `layer_type` layers (1 when there is
+    /// none), from `rope_parameters` or transformers 4's `rope_scaling`; other
+    /// scaling types are refused.
+    fn linear_rope_scale(&self, layer_type: &str) -> Result<f32> {
+        let (s, field) = match self.rope_parameters(layer_type) {
+            Some(p) => (p, "rope_parameters"),
+            None => match self.v.get("rope_scaling").filter(|s| !s.is_null()) {
+                Some(s) => (s, "rope_scaling"),
+                None => return Ok(1.0),
+            },
         };
         let kind = s
             .get("rope_type")
             .or_else(|| s.get("type"))
             .and_then(Value::as_str)
-            .unwrap_or("linear");
+            .unwrap_or(if field == "rope_scaling" {
+                "linear"
+            } else {
+                "default"
+            });
         match kind {
             "default" => Ok(1.0),
             "linear" => Ok(s.get("factor").and_then(Value::as_f64).unwrap_or(1.0) as f32),
             other => bail!(
-                "{}: rope_scaling type `{other}` is not supported (only linear)",
+                "{}: `{field}` type `{other}` is not supported (only linear RoPE scaling)",
                 self.path.display()
             ),
         }
+    }
+
+    /// The `layer_types` list (transformers 5), checked against the layer count.
+    fn layer_types(&self, n_layers: usize) -> Result<Option<Vec<&str>>> {
+        let Some(list) = self.v.get("layer_types").filter(|t| !t.is_null()) else {
+            return Ok(None);
+        };
+        let types: Vec<&str> = list
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if types.len() != n_layers {
+            bail!(
+                "{}: `layer_types` must list {n_layers} strings, one per layer; found {list}",
+                self.path.display()
+            );
+        }
+        Ok(Some(types))
     }
 }
 
@@ -143,7 +205,9 @@ pub(crate) fn open(dir: &Path, device: &Device) -> Result<(HfDirReader, ModelCon
     let tensors = unsafe { MmapedSafetensors::multi(&files) }
         .with_context(|| format!("{}: cannot read the safetensors files", dir.display()))?;
     let (arch, cfg_value) = match arch_name.as_str() {
-        "LlamaForCausalLM" | "MistralForCausalLM" => (Arch::Llama, &root),
+        "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM" => {
+            (Arch::Llama, &root)
+        }
         "Gemma3ForCausalLM" => (Arch::Gemma3, &root),
         "Gemma3ForConditionalGeneration" => (
             Arch::Gemma3,
@@ -189,20 +253,62 @@ pub(crate) fn open(dir: &Path, device: &Device) -> Result<(HfDirReader, ModelCon
     Ok((reader, config))
 }
 
+/// Llama, Mistral, Qwen2 and Qwen3: the llama block; Qwen3 adds q/k norms.
 fn llama_config(cfg: &HfConfig<'_>, arch_name: &str, has_lm_head: bool) -> Result<ModelConfig> {
     let hidden = cfg.req_usize("hidden_size")?;
     let n_heads = cfg.req_usize("num_attention_heads")?;
-    if n_heads == 0 || hidden % n_heads != 0 {
+    let head_dim = match cfg.opt_usize("head_dim")? {
+        Some(d) => d,
+        None if n_heads > 0 && hidden % n_heads == 0 => hidden / n_heads,
+        None => bail!(
+            "{}: hidden_size {hidden} is not a multiple of num_attention_heads {n_heads} \
+             (and `head_dim` is not given)",
+            cfg.path.display()
+        ),
+    };
+    if cfg.opt_bool("mlp_bias") == Some(true) {
         bail!(
-            "{}: hidden_size {hidden} is not a multiple of num_attention_heads {n_heads}",
+            "{}: `mlp_bias` is true; MLP biases are not supported",
             cfg.path.display()
         );
     }
-    let head_dim = cfg.opt_usize("head_dim")?.unwrap_or(hidden / n_heads);
-    let rope_theta = cfg.opt_f64("rope_theta")?.unwrap_or(10_000.0) as f32;
-    let rope_scale = cfg.linear_rope_scale()?;
-    let sliding_window = cfg.opt_usize("sliding_window")?;
     let n_layers = cfg.req_usize("num_hidden_layers")?;
+    let qwen = arch_name.starts_with("Qwen");
+    let window = cfg.opt_usize("sliding_window")?;
+    let types = cfg.layer_types(n_layers)?;
+    let mut layers = Vec::with_capacity(n_layers);
+    for i in 0..n_layers {
+        // Which layers slide: `layer_types` (transformers 5); else Qwen's
+        // `use_sliding_window` from layer `max_window_layers` on; else
+        // Mistral's `sliding_window` on every layer.
+        let sliding = match &types {
+            Some(t) => t[i] == "sliding_attention",
+            None if qwen => {
+                cfg.opt_bool("use_sliding_window") == Some(true)
+                    && i >= cfg.opt_usize("max_window_layers")?.unwrap_or(0)
+            }
+            None => window.is_some(),
+        };
+        let layer_type = if sliding {
+            "sliding_attention"
+        } else {
+            "full_attention"
+        };
+        let sliding_window = match sliding {
+            true => Some(window.with_context(|| {
+                format!(
+                    "{}: layer {i} uses sliding-window attention but `sliding_window` is not set",
+                    cfg.path.display()
+                )
+            })?),
+            false => None,
+        };
+        layers.push(LayerSpec {
+            sliding_window,
+            rope_theta: cfg.rope_theta(layer_type, "rope_theta", 10_000.0)?,
+            rope_scale: cfg.linear_rope_scale(layer_type)?,
+        });
+    }
     Ok(ModelConfig {
         arch: Arch::Llama,
         arch_name: arch_name.to_string(),
@@ -216,20 +322,14 @@ fn llama_config(cfg: &HfConfig<'_>, arch_name: &str, has_lm_head: bool) -> Resul
         context_length: cfg.opt_usize("max_position_embeddings")?.unwrap_or(4096),
         rms_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(1e-5),
         rope_style: RopeStyle::HalfSplit,
-        rope_theta,
+        rope_theta: cfg.rope_theta("full_attention", "rope_theta", 10_000.0)?,
         rope_theta_local: None,
-        sliding_window,
-        layers: (0..n_layers)
-            .map(|_| LayerSpec {
-                sliding_window,
-                rope_theta,
-                rope_scale,
-            })
-            .collect(),
+        sliding_window: layers.iter().find_map(|l| l.sliding_window),
+        layers,
         attn_scale: 1.0 / (head_dim as f64).sqrt(),
         embed_scale: None,
         activation: Activation::Silu,
-        qk_norm: false,
+        qk_norm: arch_name == "Qwen3ForCausalLM",
         sandwich_norms: false,
         final_logit_softcap: None,
         attn_logit_softcap: None,
@@ -243,26 +343,18 @@ fn gemma3_config(cfg: &HfConfig<'_>, arch_name: &str, has_lm_head: bool) -> Resu
     let n_layers = cfg.req_usize("num_hidden_layers")?;
     let head_dim = cfg.opt_usize("head_dim")?.unwrap_or(256);
     let window = cfg.opt_usize("sliding_window")?.unwrap_or(512);
-    let rope_theta = cfg.opt_f64("rope_theta")?.unwrap_or(1_000_000.0) as f32;
-    let rope_local = cfg.opt_f64("rope_local_base_freq")?.unwrap_or(10_000.0) as f32;
-    let global_scale = cfg.linear_rope_scale()?;
+    let rope_theta = cfg.rope_theta("full_attention", "rope_theta", 1_000_000.0)?;
+    let rope_local = cfg.rope_theta("sliding_attention", "rope_local_base_freq", 10_000.0)?;
+    let global_scale = cfg.linear_rope_scale("full_attention")?;
+    let local_scale = match cfg.rope_parameters("sliding_attention") {
+        // transformers 4 applied `rope_scaling` to the global layers only.
+        Some(_) => cfg.linear_rope_scale("sliding_attention")?,
+        None => 1.0,
+    };
     // Which layers slide: `layer_types` when given, else every layer but each
     // `sliding_window_pattern`-th (6).
     let pattern = cfg.opt_usize("sliding_window_pattern")?.unwrap_or(6).max(1);
-    let types: Option<Vec<&str>> = cfg
-        .v
-        .get("layer_types")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect());
-    if let Some(t) = &types {
-        if t.len() != n_layers {
-            bail!(
-                "{}: `layer_types` has {} entries for {n_layers} layers",
-                cfg.path.display(),
-                t.len()
-            );
-        }
-    }
+    let types = cfg.layer_types(n_layers)?;
     let layers = (0..n_layers)
         .map(|i| {
             let sliding = match &types {
@@ -273,7 +365,7 @@ fn gemma3_config(cfg: &HfConfig<'_>, arch_name: &str, has_lm_head: bool) -> Resu
                 LayerSpec {
                     sliding_window: Some(window),
                     rope_theta: rope_local,
-                    rope_scale: 1.0,
+                    rope_scale: local_scale,
                 }
             } else {
                 LayerSpec {
@@ -327,7 +419,10 @@ impl HfDirReader {
         }
         let rest = gguf.strip_prefix("blk.")?;
         let (layer, name) = rest.split_once('.')?;
-        let name = name.strip_suffix(".weight")?;
+        let (name, kind) = match name.strip_suffix(".weight") {
+            Some(n) => (n, "weight"),
+            None => (name.strip_suffix(".bias")?, "bias"),
+        };
         let module = match (name, self.arch) {
             ("attn_norm", _) => "input_layernorm",
             ("attn_q", _) => "self_attn.q_proj",
@@ -347,7 +442,7 @@ impl HfDirReader {
             ("post_ffw_norm", Arch::Gemma3) => "post_feedforward_layernorm",
             _ => return None,
         };
-        Some(format!("{p}model.layers.{layer}.{module}.weight"))
+        Some(format!("{p}model.layers.{layer}.{module}.{kind}"))
     }
 
     /// A tensor as f32 on the CPU, shape-checked; Gemma's norms get `+1`.

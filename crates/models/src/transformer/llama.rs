@@ -1,9 +1,12 @@
-//! The `llama` GGUF architecture (Llama, Mistral, SmolLM2, …): reads its
+//! The `llama` GGUF architecture (Llama, Mistral, SmolLM2, …) and its
+//! relatives `qwen2` (q/k/v biases, which the model builder loads wherever
+//! the file has them) and `qwen3` (per-head q/k RMSNorms): reads their
 //! hyper-parameters from the GGUF metadata.
 //!
-//! llama.cpp's converter permutes the rows of `attn_q`/`attn_k` so that each
-//! rotary pair is adjacent; with the weights as stored, RoPE must rotate
-//! adjacent pairs ("normal"/interleaved RoPE), not the two halves.
+//! llama.cpp's converter permutes the rows of `attn_q`/`attn_k` of llama
+//! models so that each rotary pair is adjacent; with the weights as stored,
+//! RoPE must rotate adjacent pairs ("normal"/interleaved RoPE), not the two
+//! halves. Qwen rows are stored unpermuted and rotate halves (NeoX RoPE).
 
 use anyhow::{bail, Result};
 
@@ -17,15 +20,15 @@ pub(super) fn config(meta: &Meta<'_>) -> Result<ModelConfig> {
     let n_kv_heads = meta
         .opt_usize("attention.head_count_kv")?
         .unwrap_or(n_heads);
-    if n_heads == 0 || hidden % n_heads != 0 {
-        bail!(
+    let head_dim = match meta.opt_usize("attention.key_length")? {
+        Some(d) => d,
+        None if n_heads > 0 && hidden % n_heads == 0 => hidden / n_heads,
+        None => bail!(
             "{}: embedding_length {hidden} is not a multiple of head_count {n_heads}",
             meta.path.display()
-        );
-    }
-    let head_dim = meta
-        .opt_usize("attention.key_length")?
-        .unwrap_or(hidden / n_heads);
+        ),
+    };
+    let qwen = matches!(meta.arch, "qwen2" | "qwen3");
     if let Some(rot) = meta.opt_usize("rope.dimension_count")? {
         if rot != head_dim {
             bail!(
@@ -58,7 +61,11 @@ pub(super) fn config(meta: &Meta<'_>) -> Result<ModelConfig> {
         vocab: meta.vocab()?,
         context_length: meta.opt_usize("context_length")?.unwrap_or(4096),
         rms_eps,
-        rope_style: RopeStyle::Interleaved,
+        rope_style: if qwen {
+            RopeStyle::HalfSplit
+        } else {
+            RopeStyle::Interleaved
+        },
         rope_theta,
         rope_theta_local: None,
         sliding_window: None,
@@ -66,7 +73,7 @@ pub(super) fn config(meta: &Meta<'_>) -> Result<ModelConfig> {
         attn_scale: 1.0 / (head_dim as f64).sqrt(),
         embed_scale: None,
         activation: Activation::Silu,
-        qk_norm: false,
+        qk_norm: meta.arch == "qwen3",
         sandwich_norms: false,
         final_logit_softcap: None,
         attn_logit_softcap: None,
