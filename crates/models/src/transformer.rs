@@ -16,6 +16,7 @@
 mod gemma3;
 mod hf;
 mod llama;
+mod softmax;
 mod weights;
 
 pub use hf::SUPPORTED_HF_ARCHS;
@@ -603,7 +604,7 @@ impl CausalLm {
             final_norm,
             layers,
             rope_freqs,
-            prefill_chunk: 512,
+            prefill_chunk: 2048,
             forward_calls: 0,
         })
     }
@@ -626,7 +627,8 @@ impl CausalLm {
     }
 
     /// Positions processed together inside one forward call (bounds the
-    /// attention score memory); at least 1. Default 512.
+    /// activation memory); at least 1. Default 2048: on the CPU, longer
+    /// matrix products run faster (2048 vs 512: 1.08x per SmolLM2 window).
     pub fn set_prefill_chunk(&mut self, n: usize) {
         self.prefill_chunk = n.max(1);
     }
@@ -1086,6 +1088,24 @@ impl CausalLm {
         }
         // Query heads of one kv head are adjacent: [batch, nkv, group*s, hd].
         let q = q.reshape((batch, nkv, group * s, hd))?;
+        if !train && self.fused_softmax() {
+            let scores = q.matmul(&k_use.t()?)?;
+            let probs = softmax::causal_softmax(
+                &scores,
+                softmax::CausalRows {
+                    rows: s,
+                    first_query_key: total - s - k0,
+                    window: layer.spec.sliding_window,
+                    scale: c.attn_scale as f32,
+                },
+            )?;
+            let out = probs
+                .matmul(&v_use.contiguous()?)?
+                .reshape((batch, nh, s, hd))?
+                .transpose(1, 2)?
+                .reshape((batch * s, nh * hd))?;
+            return with_bias(proj(LoraTarget::O, &layer.wo, &out)?, &layer.bo);
+        }
         let mut scores = (q.matmul(&k_use.t()?)? * c.attn_scale)?;
         if let Some(cap) = c.attn_logit_softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
@@ -1143,6 +1163,19 @@ impl CausalLm {
                 .reshape((batch, nkv, group * len, hd))?;
             let kb = k.narrow(2, start, keys)?;
             let vb = v.narrow(2, start, keys)?.contiguous()?;
+            if self.fused_softmax() {
+                let probs = softmax::causal_softmax(
+                    &qb.matmul(&kb.t()?)?,
+                    softmax::CausalRows {
+                        rows: len,
+                        first_query_key: offset + q0 - k0 - start,
+                        window: layer.spec.sliding_window,
+                        scale: c.attn_scale as f32,
+                    },
+                )?;
+                outs.push(probs.matmul(&vb)?.reshape((batch, nkv, group, len, hd))?);
+                continue;
+            }
             let mut scores = (qb.matmul(&kb.t()?)? * c.attn_scale)?;
             if let Some(cap) = c.attn_logit_softcap {
                 scores = ((scores / cap)?.tanh()? * cap)?;
@@ -1163,6 +1196,12 @@ impl CausalLm {
             .reshape((batch, nh, s, hd))?
             .transpose(1, 2)?
             .reshape((batch * s, nh * hd))?)
+    }
+
+    /// Whether inference attention uses the fused CPU softmax (`softmax`
+    /// module): on the CPU, for models without an attention logit soft-cap.
+    fn fused_softmax(&self) -> bool {
+        self.device.is_cpu() && self.config.attn_logit_softcap.is_none()
     }
 
     /// The projection `target` of layer `layer`.
