@@ -81,16 +81,39 @@ fn logits_incremental(model: &mut CausalLm, e: &Expected) -> Vec<Vec<f32>> {
     out
 }
 
+/// Asserts that [`logits_incremental`] stays within `tol` of transformers'
+/// logits at every checked position; `label` names the case in failures.
+fn assert_incremental_logits(model: &mut CausalLm, e: &Expected, tol: f32, label: &str) {
+    for ((pos, want), got) in e.logits.iter().zip(logits_incremental(model, e)) {
+        let d = max_abs_diff(&got, want);
+        assert!(d < tol, "{label}: position {pos}: max |Δlogit| {d}");
+    }
+}
+
+/// A copy of the tiny Qwen2 checkpoint whose config.json is `cfg`.
+fn qwen2_with_config(cfg: &Value) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir("qwen2").join("model.safetensors"),
+        tmp.path().join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    tmp
+}
+
+fn qwen2_config() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir("qwen2").join("config.json")).unwrap())
+        .unwrap()
+}
+
 #[test]
 fn tiny_hf_models_match_transformers_in_f32() {
     for name in MODELS {
         let e = expected(name);
         let mut model = CausalLm::load_hf_dir(dir(name), WeightMode::DequantizedF32, &Device::Cpu)
             .unwrap_or_else(|err| panic!("{name}: {err:#}"));
-        for ((pos, want), got) in e.logits.iter().zip(logits_incremental(&mut model, &e)) {
-            let d = max_abs_diff(&got, want);
-            assert!(d < 1e-4, "{name}: position {pos}: max |Δlogit| {d}");
-        }
+        assert_incremental_logits(&mut model, &e, 1e-4, name);
         // The whole sequence in one call: longer than the 256-query
         // attention block, so block-causal attention is used.
         let mut cache = KvCache::new(&model);
@@ -118,13 +141,10 @@ fn tiny_hf_models_stay_close_with_q8_0_weights() {
         let e = expected(name);
         let mut model = CausalLm::load_hf_dir(dir(name), WeightMode::Quantized, &Device::Cpu)
             .unwrap_or_else(|err| panic!("{name}: {err:#}"));
-        for ((pos, want), got) in e.logits.iter().zip(logits_incremental(&mut model, &e)) {
-            // Logits here reach ±3.3-4.9; Q8_0 weights and 8-bit decode
-            // activations moved them by 0.05-0.13 when this was written. A
-            // missing bias or norm moves them by whole units.
-            let d = max_abs_diff(&got, want);
-            assert!(d < 0.25, "{name}: position {pos}: max |Δlogit| {d}");
-        }
+        // Logits here reach ±3.3-4.9; Q8_0 weights and 8-bit decode
+        // activations moved them by 0.05-0.13 when this was written. A
+        // missing bias or norm moves them by whole units.
+        assert_incremental_logits(&mut model, &e, 0.25, name);
     }
 }
 
@@ -153,21 +173,14 @@ fn configs_are_read_from_either_transformers_layout() {
 
     // The same Qwen2 checkpoint described the transformers 4 way: top-level
     // `rope_theta`, sliding window declared but switched off.
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        dir("qwen2").join("model.safetensors"),
-        tmp.path().join("model.safetensors"),
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(dir("qwen2").join("config.json")).unwrap();
-    let mut cfg: Value = serde_json::from_str(&text).unwrap();
+    let mut cfg = qwen2_config();
     let o = cfg.as_object_mut().unwrap();
     o.remove("rope_parameters");
     o.remove("layer_types");
     o.insert("rope_theta".into(), 1_000_000.0.into());
     o.insert("sliding_window".into(), 32.into());
     o.insert("use_sliding_window".into(), false.into());
-    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    let tmp = qwen2_with_config(&cfg);
     let mut v4 =
         CausalLm::load_hf_dir(tmp.path(), WeightMode::DequantizedF32, &Device::Cpu).unwrap();
     assert!(v4
@@ -175,20 +188,13 @@ fn configs_are_read_from_either_transformers_layout() {
         .layers
         .iter()
         .all(|l| l.sliding_window.is_none()));
-    let e = expected("qwen2");
-    for ((pos, want), got) in e.logits.iter().zip(logits_incremental(&mut v4, &e)) {
-        let d = max_abs_diff(&got, want);
-        assert!(
-            d < 1e-4,
-            "qwen2 (v4 config): position {pos}: max |Δlogit| {d}"
-        );
-    }
+    assert_incremental_logits(&mut v4, &expected("qwen2"), 1e-4, "qwen2 (v4 config)");
 
     // Qwen's sliding window switched on (v4 layout): layers from
     // `max_window_layers` on slide.
     o_set(&mut cfg, "use_sliding_window", true.into());
     o_set(&mut cfg, "max_window_layers", 1.into());
-    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    let tmp = qwen2_with_config(&cfg);
     let slid = CausalLm::load_hf_dir(tmp.path(), WeightMode::DequantizedF32, &Device::Cpu).unwrap();
     let windows: Vec<_> = slid
         .config()
@@ -219,16 +225,9 @@ fn unsupported_hf_features_are_refused_by_name() {
         ),
     ];
     for (key, value, needle) in cases {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::copy(
-            dir("qwen2").join("model.safetensors"),
-            tmp.path().join("model.safetensors"),
-        )
-        .unwrap();
-        let text = std::fs::read_to_string(dir("qwen2").join("config.json")).unwrap();
-        let mut cfg: Value = serde_json::from_str(&text).unwrap();
+        let mut cfg = qwen2_config();
         o_set(&mut cfg, key, value.clone());
-        std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+        let tmp = qwen2_with_config(&cfg);
         let err = CausalLm::load_hf_dir(tmp.path(), WeightMode::DequantizedF32, &Device::Cpu)
             .expect_err(key);
         let msg = format!("{err:#}");
@@ -334,10 +333,6 @@ fn qwen_gguf_files_match_transformers() {
         let mut model = CausalLm::load(&path, WeightMode::DequantizedF32, &Device::Cpu)
             .unwrap_or_else(|err| panic!("{name}: {err:#}"));
         assert_eq!(model.config().arch_name, arch);
-        let e = expected(name);
-        for ((pos, want), got) in e.logits.iter().zip(logits_incremental(&mut model, &e)) {
-            let d = max_abs_diff(&got, want);
-            assert!(d < 1e-4, "{name} GGUF: position {pos}: max |Δlogit| {d}");
-        }
+        assert_incremental_logits(&mut model, &expected(name), 1e-4, &format!("{name} GGUF"));
     }
 }
