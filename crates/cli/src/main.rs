@@ -79,6 +79,9 @@ fn init_logging(quiet: bool, verbose: u8) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
+    if !firstrank_models::cpu_alloc::keep_freed_memory() {
+        tracing::debug!("malloc thresholds not changed (not glibc)");
+    }
     let result = match cli.command {
         Command::Rerank(args) => rerank::run(*args, cli.quiet),
         Command::Eval(args) => eval::run(args, cli.quiet),

@@ -15,7 +15,9 @@ use firstrank_core::formats::{open_requests, InputSpec};
 use firstrank_core::prompt::{PromptOptions, PromptTemplate};
 use firstrank_core::qrels::Qrels;
 use firstrank_core::significance::SplitMix64;
-use firstrank_core::training::{make_lists, read_training_lists, Presentation, WindowSampling};
+use firstrank_core::training::{
+    fuse_with_first_stage, make_lists, read_training_lists, Presentation, WindowSampling,
+};
 use firstrank_models::embed::{BiEncoderScorer, SentenceEncoder};
 use firstrank_models::fetch::ensure_model;
 use firstrank_models::train::{
@@ -77,7 +79,20 @@ pub struct LabelArgs {
     /// Words kept per passage for a window of 20 (rank_llm: 300, scaled by 20/n).
     #[arg(long, value_name = "N")]
     pub max_passage_words: Option<usize>,
+    /// Blend the first-stage order into the targets by reciprocal-rank fusion:
+    /// label = 1/(60 + teacher rank) + W/(60 + first-stage rank). 0 keeps the
+    /// teacher's order; 1 weighs both equally.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "W",
+        allow_negative_numbers = true
+    )]
+    pub first_stage_weight: f64,
 }
+
+/// k of the reciprocal-rank fusion behind `--first-stage-weight` (Cormack et al.'s 60).
+const LABEL_FUSION_K: f64 = 60.0;
 
 pub fn label(args: LabelArgs, quiet: bool) -> Result<()> {
     if args.window < 2 {
@@ -85,6 +100,12 @@ pub fn label(args: LabelArgs, quiet: bool) -> Result<()> {
     }
     if args.lists_per_query == 0 {
         bail!("--lists-per-query must be at least 1");
+    }
+    if !(args.first_stage_weight.is_finite() && args.first_stage_weight >= 0.0) {
+        bail!(
+            "--first-stage-weight must be a non-negative number, got {}",
+            args.first_stage_weight
+        );
     }
     let template = PromptTemplate::resolve(&args.prompt_template)?;
     let mut options = PromptOptions::rank_llm();
@@ -141,6 +162,17 @@ pub fn label(args: LabelArgs, quiet: bool) -> Result<()> {
                     .collect()
             }
             (None, None) => bail!("--teacher qrels needs --qrels"),
+        };
+        let labels = if args.first_stage_weight > 0.0 {
+            fuse_with_first_stage(
+                &request.candidates,
+                &labels,
+                0.0,
+                args.first_stage_weight,
+                LABEL_FUSION_K,
+            )
+        } else {
+            labels
         };
         if request.candidates.len() < 2 {
             skipped += 1;

@@ -601,6 +601,49 @@ fn training_commands_reject_bad_configs_clearly() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 86);
+    // Fusion with the first-stage order: a negative weight is refused; a weight that swamps
+    // the labels makes the first-stage top window's target the identity order.
+    let fused = tmp.path().join("fused.jsonl");
+    let label_fused = |w: &str| {
+        firstrank(&[
+            "label",
+            "-q",
+            "--input",
+            p(&input),
+            "--teacher",
+            "qrels",
+            "--qrels",
+            p(&qrels),
+            "--first-stage-weight",
+            w,
+            "--output",
+            p(&fused),
+        ])
+    };
+    let o = label_fused("-1");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--first-stage-weight must be a non-negative number"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!fused.exists());
+    let first_target = |path: &std::path::Path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        line["conversations"][2]["value"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let identity: Vec<String> = ('A'..='T').map(|c| format!("[{c}]")).collect();
+    assert_ne!(
+        first_target(&out),
+        identity.join(" > "),
+        "the qrels reorder the top window"
+    );
+    assert!(label_fused("1000").status.success());
+    assert_eq!(first_target(&fused), identity.join(" > "));
     let adapter = tmp.path().join("adapter");
     for (args, needle) in [
         (vec!["--objective", "lambda"], "invalid value 'lambda'"),

@@ -275,6 +275,39 @@ pub fn permutation_text(order: &[usize], style: IdentifierStyle) -> Result<Strin
     Ok(ids.join(" > "))
 }
 
+/// Reciprocal-rank fusion (RRF) of a query's labels with its first-stage order: candidate `i`
+/// (first-stage rank `r_i`, and rank `t_i` under the labels, ties by first-stage rank; both
+/// from 1) gets `1/(k + t_i) + weight/(k + r_i)`. Targets made from these keep the part of the
+/// first-stage order the teacher does not contradict, which is what reranking the first-stage
+/// top window starts from; `weight` 0 keeps the teacher's order. Docids without a label count
+/// as `default_label`; a repeated docid keeps its first rank.
+pub fn fuse_with_first_stage(
+    candidates: &[Candidate],
+    labels: &HashMap<String, f64>,
+    default_label: f64,
+    weight: f64,
+    k: f64,
+) -> HashMap<String, f64> {
+    let mut docids: Vec<&str> = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        if !docids.contains(&c.docid.as_str()) {
+            docids.push(&c.docid);
+        }
+    }
+    let label_of: Vec<f64> = docids
+        .iter()
+        .map(|d| labels.get(*d).copied().unwrap_or(default_label))
+        .collect();
+    let first_stage: Vec<usize> = (0..docids.len()).collect();
+    let teacher_order = target_permutation(&label_of, &first_stage);
+    let mut fused = HashMap::with_capacity(docids.len());
+    for (teacher_rank, &i) in teacher_order.iter().enumerate() {
+        let score = 1.0 / (k + (teacher_rank + 1) as f64) + weight / (k + (i + 1) as f64);
+        fused.insert(docids[i].to_string(), score);
+    }
+    fused
+}
+
 /// Makes training lists for one query: samples windows, renders each with
 /// `template`/`options`, and orders the target by `labels` (docid → grade or
 /// teacher score; docids without a label count as `default_label`).
@@ -323,6 +356,40 @@ pub fn make_lists(
 mod tests {
     use super::*;
     use crate::Query;
+
+    #[test]
+    fn first_stage_fusion_moves_the_target_between_teacher_and_first_stage() {
+        let cands: Vec<Candidate> = ["a", "b", "c", "d", "a"]
+            .iter()
+            .map(|d| Candidate {
+                docid: d.to_string(),
+                score: 0.0,
+                title: None,
+                text: String::new(),
+            })
+            .collect();
+        // Teacher order b, a, d, c (c has no label: default 1.0); first stage a, b, c, d.
+        let labels: HashMap<String, f64> = [("a", 3.0), ("b", 4.0), ("d", 2.0)]
+            .iter()
+            .map(|(d, l)| (d.to_string(), *l))
+            .collect();
+        let order = |w: f64| {
+            let fused = fuse_with_first_stage(&cands, &labels, 1.0, w, 1.0);
+            assert_eq!(fused.len(), 4);
+            let mut ds: Vec<(&String, &f64)> = fused.iter().collect();
+            ds.sort_by(|x, y| y.1.total_cmp(x.1));
+            ds.iter()
+                .map(|(d, _)| d.as_str())
+                .collect::<Vec<_>>()
+                .join("")
+        };
+        assert_eq!(order(0.0), "badc");
+        // k = 1: a = 1/3 + w/2, b = 1/2 + w/3, c = 1/5 + w/4, d = 1/4 + w/5.
+        assert_eq!(order(0.5), "badc");
+        assert_eq!(order(2.0), "abcd");
+        let fused = fuse_with_first_stage(&cands, &labels, 1.0, 2.0, 1.0);
+        assert!((fused["a"] - (1.0 / 3.0 + 1.0)).abs() < 1e-12);
+    }
 
     #[test]
     fn target_order_parses_and_validates() {

@@ -4,6 +4,7 @@
 //! (FIRST single-token logits, or generated permutations).
 
 pub mod chat;
+pub mod cpu_alloc;
 pub mod embed;
 pub mod fetch;
 pub mod first;
