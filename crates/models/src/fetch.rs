@@ -852,6 +852,10 @@ pub fn resolve_model_arg(arg: &str) -> Result<ModelLocation> {
     resolve_path_or_repo(arg, &HubAccess::from_env())
 }
 
+fn not_local(arg: &str) -> String {
+    format!("model `{arg}`: no such local file or directory, so it was taken as a Hugging Face repo reference")
+}
+
 fn resolve_path_or_repo(arg: &str, hub: &HubAccess) -> Result<ModelLocation> {
     let path = Path::new(arg);
     if path.is_file() {
@@ -879,12 +883,12 @@ fn resolve_path_or_repo(arg: &str, hub: &HubAccess) -> Result<ModelLocation> {
     match parse_repo_ref(arg) {
         Some(RepoRef::Model { repo }) => {
             return Ok(ModelLocation::HfDir {
-                dir: resolve_model_repo(repo, hub)?,
+                dir: resolve_model_repo(repo, hub).with_context(|| not_local(arg))?,
                 default: None,
             })
         }
         Some(RepoRef::GgufFile { repo, file }) => {
-            let path = resolve_repo_file(repo, file, hub)?;
+            let path = resolve_repo_file(repo, file, hub).with_context(|| not_local(arg))?;
             return Ok(ModelLocation::Gguf {
                 default: default_for_file(&path),
                 path,
@@ -1232,9 +1236,14 @@ mod tests {
             }
         );
         let t0 = std::time::Instant::now();
-        let err = resolve_path_or_repo("org/other-model", &offline)
-            .unwrap_err()
-            .to_string();
+        let err = format!(
+            "{:#}",
+            resolve_path_or_repo("org/other-model", &offline).unwrap_err()
+        );
+        assert!(
+            err.starts_with("model `org/other-model`: no such local file"),
+            "{err}"
+        );
         assert!(t0.elapsed() < std::time::Duration::from_secs(1));
         assert!(
             err.contains("repo `org/other-model`") && err.contains("HF_HUB_OFFLINE"),
