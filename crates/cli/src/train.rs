@@ -262,6 +262,12 @@ pub struct TrainArgs {
         default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     )]
     pub lora_targets: Vec<String>,
+    /// Layers that get adapters: `all`, `top:N` (the last N layers), or
+    /// indices and ranges such as `20-29` or `0,4,8-11`. Layers below the
+    /// lowest adapted one stay frozen and skip the backward pass, which makes
+    /// a step much cheaper (PEFT's `layers_to_transform`).
+    #[arg(long, default_value = "all", value_name = "SPEC", value_parser = parse_layer_spec)]
+    pub lora_layers: LayerSpec,
     #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
     #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
@@ -302,6 +308,67 @@ pub struct TrainArgs {
     pub llm: LlmArgs,
 }
 
+/// `--lora-layers`: which layers get adapters, resolved once the model's
+/// depth is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerSpec {
+    All,
+    /// The last N layers.
+    Top(usize),
+    /// Layer indices (ascending, no repeats).
+    Listed(Vec<usize>),
+}
+
+impl LayerSpec {
+    /// The layer list for a model of `n_layers` layers (`None`: all).
+    fn resolve(&self, n_layers: usize) -> Result<Option<Vec<usize>>> {
+        match self {
+            LayerSpec::All => Ok(None),
+            LayerSpec::Top(n) => {
+                if *n > n_layers {
+                    bail!("--lora-layers top:{n}: the model has only {n_layers} layers");
+                }
+                Ok(Some((n_layers - n..n_layers).collect()))
+            }
+            LayerSpec::Listed(l) => Ok(Some(l.clone())),
+        }
+    }
+}
+
+fn parse_layer_spec(spec: &str) -> std::result::Result<LayerSpec, String> {
+    let spec = spec.trim();
+    if spec == "all" {
+        return Ok(LayerSpec::All);
+    }
+    if let Some(n) = spec.strip_prefix("top:") {
+        return match n.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(LayerSpec::Top(n)),
+            _ => Err(format!("`{spec}`: expected top:N with N at least 1")),
+        };
+    }
+    let index = |s: &str| {
+        s.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("`{s}` is not a layer index (expected all, top:N, or indices and ranges like 0,4-7)"))
+    };
+    let mut layers = Vec::new();
+    for part in spec.split(',') {
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (index(lo)?, index(hi)?);
+                if lo > hi {
+                    return Err(format!("`{part}`: a range runs from low to high"));
+                }
+                layers.extend(lo..=hi);
+            }
+            None => layers.push(index(part)?),
+        }
+    }
+    layers.sort_unstable();
+    layers.dedup();
+    Ok(LayerSpec::Listed(layers))
+}
+
 pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
     let lora = LoraConfig {
         rank: args.lora_rank,
@@ -313,11 +380,12 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
             .map(|t| LoraTarget::parse(t))
             .collect::<Result<Vec<_>>>()
             .context("--lora-targets")?,
+        layers: None,
     };
     if !args.full {
         lora.validate().context("LoRA options")?;
     }
-    let opts = TrainOptions {
+    let mut opts = TrainOptions {
         objective: match args.objective {
             ObjectiveArg::Ranking => Objective::Ranking,
             ObjectiveArg::Generation => Objective::Generation,
@@ -369,6 +437,13 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
     }
     let mut reranker = args.llm.load(&args.model, max_window)?;
     debug_assert_eq!(reranker.model().weight_mode(), WeightMode::DequantizedF32);
+    if let AdapterKind::Lora(lora) = &mut opts.adapter {
+        let n_layers = reranker.model().config().n_layers;
+        lora.layers = args.lora_layers.resolve(n_layers)?;
+        lora.validate_for(n_layers).context("--lora-layers")?;
+    } else if args.lora_layers != LayerSpec::All {
+        bail!("--lora-layers applies to LoRA adapters, not --full");
+    }
     let mut examples = Vec::with_capacity(lists.len());
     let mut too_long = 0;
     for l in &lists {
@@ -517,4 +592,32 @@ pub fn merge(args: MergeArgs, quiet: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_specs_parse_and_resolve() {
+        assert_eq!(parse_layer_spec("all").unwrap(), LayerSpec::All);
+        assert_eq!(parse_layer_spec("top:4").unwrap(), LayerSpec::Top(4));
+        assert_eq!(
+            parse_layer_spec("8-10, 2,9").unwrap(),
+            LayerSpec::Listed(vec![2, 8, 9, 10])
+        );
+        assert_eq!(
+            LayerSpec::Top(3).resolve(30).unwrap(),
+            Some(vec![27, 28, 29])
+        );
+        assert_eq!(LayerSpec::All.resolve(30).unwrap(), None);
+        assert!(LayerSpec::Top(31)
+            .resolve(30)
+            .unwrap_err()
+            .to_string()
+            .contains("only 30 layers"));
+        for bad in ["top:0", "top:x", "5-2", "a", "1,,2", ""] {
+            assert!(parse_layer_spec(bad).is_err(), "{bad} accepted");
+        }
+    }
 }

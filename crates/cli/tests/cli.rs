@@ -652,6 +652,22 @@ fn training_commands_reject_bad_configs_clearly() {
             vec!["--lora-targets", "q_proj,lm_head"],
             "unknown LoRA target `lm_head`",
         ),
+        (
+            vec!["--lora-layers", "9-4"],
+            "a range runs from low to high",
+        ),
+        (
+            vec!["--lora-layers", "top:31"],
+            "the model has only 30 layers",
+        ),
+        (
+            vec!["--lora-layers", "28,30"],
+            "LoRA layer 30 (layers_to_transform) does not exist",
+        ),
+        (
+            vec!["--full", "--lora-layers", "top:2"],
+            "--lora-layers applies to LoRA adapters",
+        ),
     ] {
         let mut a = vec!["train", "--data", p(&out), "--output", p(&adapter)];
         a.extend(args);

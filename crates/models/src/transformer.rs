@@ -864,6 +864,27 @@ impl CausalLm {
         )
     }
 
+    /// Block `layer` of a training batch through the inference kernels (fused
+    /// RMSNorm, RoPE and softmax, block-causal attention), without adapters
+    /// or an autograd graph: for the frozen layers below the lowest adapter,
+    /// whose output needs no gradient. Equal to [`CausalLm::train_layer`]
+    /// without adapters up to float rounding.
+    pub fn frozen_layer(&self, layer: usize, x: &Tensor, batch: &PaddedBatch) -> Result<Tensor> {
+        let l = self.layers.get(layer).context("no such layer")?;
+        let (rope, mask) = batch.layer_tables(l)?;
+        let mut slot = None;
+        self.block(
+            layer,
+            x,
+            batch.lens.len(),
+            &mut slot,
+            rope,
+            (0, mask),
+            false,
+            None,
+        )
+    }
+
     /// The final RMSNorm, differentiable.
     pub fn train_final_norm(&self, x: &Tensor) -> Result<Tensor> {
         rms_norm_train(x, &self.final_norm, self.config.rms_eps)

@@ -5,7 +5,7 @@
 
 mod transformer_support;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use firstrank_core::prompt::{self, PromptOptions, PromptTemplate};
 use firstrank_core::significance::SplitMix64;
 use firstrank_core::training::{permutation_text, TrainingList};
@@ -109,14 +109,15 @@ fn training_examples_line_up_with_first_inference() {
     assert!(err.contains("list a"), "{err}");
 }
 
-/// A rank-2 LoRA on three projections whose B matrices are non-zero, so
-/// gradients reach A too.
-fn small_lora_with_nonzero_b(model: &CausalLm) -> LoraSet {
+/// A rank-2 LoRA on three projections (of `layers`, None: all) whose B
+/// matrices are non-zero, so gradients reach A too.
+fn small_lora_with_nonzero_b(model: &CausalLm, layers: Option<Vec<usize>>) -> LoraSet {
     let config = LoraConfig {
         rank: 2,
         alpha: 4.0,
         dropout: 0.0,
         targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Down],
+        layers,
     };
     let set = LoraSet::new(model, &config, 5).unwrap();
     let mut rng = SplitMix64(9);
@@ -139,7 +140,7 @@ fn lora_gradient_through_the_model_matches_finite_differences() {
         return;
     };
     let model = r.model();
-    let set = small_lora_with_nonzero_b(model);
+    let set = small_lora_with_nonzero_b(model, None);
     let ex = prepare_example(&list("a", QUERY_A, &PASSAGES_A, &[1, 0, 2]), &r).unwrap();
     let ctx = TrainContext {
         adapters: Some(&set),
@@ -202,12 +203,63 @@ fn lora_gradient_through_the_model_matches_finite_differences() {
 
 #[test]
 fn checkpointed_batch_gradients_equal_per_example_backward() {
+    check_checkpointed_gradients(None);
+}
+
+/// With adapters on a few upper layers only, the checkpointed backward pass
+/// stops at the lowest of them and still gives the plain pass's gradients;
+/// the adapter records its layers (PEFT's `layers_to_transform`) and loads
+/// back with them.
+#[test]
+fn adapters_on_upper_layers_train_and_reload() {
     let Some(r) = reranker(WeightMode::DequantizedF32) else {
         eprintln!("SKIP: SmolLM2 not available");
         return;
     };
+    let Some(set) = check_checkpointed_gradients(Some(vec![29, 21, 25])) else {
+        return;
+    };
+    assert_eq!(set.layers(), vec![21, 25, 29]);
+    assert_eq!(set.lowest_layer(), Some(21));
+    let dir = tempfile::tempdir().unwrap();
+    set.save(dir.path(), DType::F32, "smollm2").unwrap();
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config["layers_to_transform"],
+        serde_json::json!([21, 25, 29])
+    );
+    let back = LoraSet::load(dir.path(), r.model()).unwrap();
+    assert_eq!(back.layers(), vec![21, 25, 29]);
+    assert_eq!(back.len(), 9);
+    // PEFT also writes a single index; a layer the model lacks is refused.
+    let edit = |value: serde_json::Value| {
+        let mut c = config.clone();
+        c["layers_to_transform"] = value;
+        std::fs::write(dir.path().join("adapter_config.json"), c.to_string()).unwrap();
+    };
+    edit(serde_json::json!(25));
+    let err = LoraSet::load(dir.path(), r.model()).unwrap();
+    assert_eq!(err.layers(), vec![25]);
+    edit(serde_json::json!([21, 30]));
+    let err = format!("{:#}", LoraSet::load(dir.path(), r.model()).unwrap_err());
+    assert!(
+        err.contains("adapter_config.json") && err.contains("layer 30"),
+        "{err}"
+    );
+}
+
+/// Checks [`accumulate_batch_gradients`] against per-example plain backward
+/// passes for a LoRA on `layers`; returns the adapters.
+fn check_checkpointed_gradients(layers: Option<Vec<usize>>) -> Option<LoraSet> {
+    let Some(r) = reranker(WeightMode::DequantizedF32) else {
+        eprintln!("SKIP: SmolLM2 not available");
+        return None;
+    };
     let model = r.model();
-    let set = small_lora_with_nonzero_b(model);
+    let set = small_lora_with_nonzero_b(model, layers);
     let ctx = TrainContext {
         adapters: Some(&set),
         ..TrainContext::default()
@@ -284,6 +336,7 @@ fn checkpointed_batch_gradients_equal_per_example_backward() {
             v.dims()
         );
     }
+    Some(set)
 }
 
 #[test]
@@ -341,6 +394,7 @@ fn small_model_overfits_two_lists_and_the_adapter_reloads() {
             alpha: 16.0,
             dropout: 0.0,
             targets: LoraTarget::ALL.to_vec(),
+            layers: None,
         }),
         learning_rate: 2e-3,
         schedule: Schedule::Constant,

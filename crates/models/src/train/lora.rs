@@ -103,6 +103,10 @@ pub struct LoraConfig {
     pub alpha: f64,
     pub dropout: f32,
     pub targets: Vec<LoraTarget>,
+    /// Layers that get adapters (PEFT's `layers_to_transform`); `None`: all.
+    /// Adapting only the top layers leaves the layers below frozen, so the
+    /// backward pass stops at the lowest adapted layer.
+    pub layers: Option<Vec<usize>>,
 }
 
 impl Default for LoraConfig {
@@ -112,6 +116,7 @@ impl Default for LoraConfig {
             alpha: 32.0,
             dropout: 0.05,
             targets: LoraTarget::ALL.to_vec(),
+            layers: None,
         }
     }
 }
@@ -133,7 +138,40 @@ impl LoraConfig {
             !self.targets.is_empty(),
             "LoRA needs at least one target projection"
         );
+        if let Some(layers) = &self.layers {
+            ensure!(!layers.is_empty(), "LoRA needs at least one layer");
+        }
         Ok(())
+    }
+
+    /// Checks the layer selection against a model of `n_layers` layers.
+    pub fn validate_for(&self, n_layers: usize) -> Result<()> {
+        self.validate()?;
+        if let Some(bad) = self
+            .layers
+            .iter()
+            .flatten()
+            .find(|&&layer| layer >= n_layers)
+        {
+            bail!(
+                "LoRA layer {bad} (layers_to_transform) does not exist: the model has layers 0..={}",
+                n_layers - 1
+            );
+        }
+        Ok(())
+    }
+
+    /// The adapted layers of a model with `n_layers` layers, ascending.
+    pub fn adapted_layers(&self, n_layers: usize) -> Vec<usize> {
+        match &self.layers {
+            None => (0..n_layers).collect(),
+            Some(l) => {
+                let mut l: Vec<usize> = l.iter().copied().filter(|&i| i < n_layers).collect();
+                l.sort_unstable();
+                l.dedup();
+                l
+            }
+        }
     }
 
     pub fn scale(&self) -> f64 {
@@ -194,6 +232,16 @@ struct AdapterConfigFile {
     inference_mode: bool,
     #[serde(default)]
     use_rslora: bool,
+    /// PEFT writes one index or a list; absent or null: every layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layers_to_transform: Option<LayerSelection>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum LayerSelection {
+    One(usize),
+    Many(Vec<usize>),
 }
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -258,14 +306,16 @@ fn invert(perm: &[u32]) -> Vec<u32> {
 }
 
 impl LoraSet {
-    /// Fresh adapters (`A` Kaiming-uniform from `seed`, `B` zero) on every
-    /// layer's `config.targets`.
+    /// Fresh adapters (`A` Kaiming-uniform from `seed`, `B` zero) on
+    /// `config.targets` of the adapted layers.
     pub fn new(model: &CausalLm, config: &LoraConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let device = model.device();
         let mut rng = SplitMix64(seed);
         let mut pairs = BTreeMap::new();
-        for layer in 0..model.config().n_layers {
+        let n_layers = model.config().n_layers;
+        config.validate_for(n_layers)?;
+        for layer in config.adapted_layers(n_layers) {
             for &target in &config.targets {
                 let (out, inp) = model.projection_dims(layer, target).context("projection")?;
                 let bound = 1.0 / (inp as f64).sqrt();
@@ -295,6 +345,11 @@ impl LoraSet {
         &self.config
     }
 
+    /// The lowest layer with an adapter: nothing below it trains.
+    pub fn lowest_layer(&self) -> Option<usize> {
+        self.pairs.keys().map(|(l, _)| *l).min()
+    }
+
     pub fn get(&self, layer: usize, target: LoraTarget) -> Option<&LoraPair> {
         self.pairs.get(&(layer, target))
     }
@@ -309,6 +364,13 @@ impl LoraSet {
 
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
+    }
+
+    /// The layers that have adapters, ascending.
+    pub fn layers(&self) -> Vec<usize> {
+        let mut l: Vec<usize> = self.pairs.keys().map(|(l, _)| *l).collect();
+        l.dedup();
+        l
     }
 
     /// The trainable variables, `A` then `B` of each adapter in key order.
@@ -385,6 +447,11 @@ impl LoraSet {
             base_model_name_or_path: Some(base_model.to_string()),
             inference_mode: true,
             use_rslora: false,
+            layers_to_transform: self
+                .config
+                .layers
+                .as_ref()
+                .map(|_| LayerSelection::Many(self.layers())),
         };
         let path = dir.join(ADAPTER_CONFIG);
         let tmp = dir.join(format!(".{ADAPTER_CONFIG}.tmp"));
@@ -429,9 +496,14 @@ impl LoraSet {
             alpha: file.lora_alpha,
             dropout: file.lora_dropout,
             targets,
+            layers: file.layers_to_transform.map(|l| match l {
+                LayerSelection::One(i) => vec![i],
+                LayerSelection::Many(v) => v,
+            }),
         };
+        let n_layers = model.config().n_layers;
         config
-            .validate()
+            .validate_for(n_layers)
             .with_context(|| format!("{}", config_path.display()))?;
         let weights_path = dir.join(ADAPTER_WEIGHTS);
         let device = model.device();
@@ -447,7 +519,7 @@ impl LoraSet {
             pairs: BTreeMap::new(),
             qk_permutation: qk_permutation(model),
         };
-        for layer in 0..model.config().n_layers {
+        for layer in config.adapted_layers(n_layers) {
             for &target in &config.targets {
                 let prefix = format!("base_model.model.{}", target.hf_path(layer));
                 let get = |suffix: &str| -> Result<Tensor> {

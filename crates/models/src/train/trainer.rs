@@ -479,9 +479,20 @@ pub fn accumulate_batch_gradients(
         .collect();
     let tb = model.train_batch(&seqs)?;
     let n_layers = model.config().n_layers;
-    let mut inputs = Vec::with_capacity(n_layers);
+    // Layers below the lowest adapter hold nothing trainable (embeddings and
+    // norms are frozen): they run forward only, through the faster inference
+    // kernels, and the backward pass stops at the first adapted layer.
+    let first_trainable = match ctx.adapters {
+        Some(set) => set.lowest_layer().context("no LoRA adapters")?,
+        None => 0,
+    };
+    let mut inputs = Vec::with_capacity(n_layers - first_trainable);
     let mut x = model.train_embed(&tb, &ctx)?.detach();
     for i in 0..n_layers {
+        if i < first_trainable {
+            x = model.frozen_layer(i, &x, &tb)?;
+            continue;
+        }
         let y = model.train_layer(i, &x, &tb, &ctx)?.detach();
         inputs.push(x);
         x = y;
@@ -520,12 +531,12 @@ pub fn accumulate_batch_gradients(
         .detach();
     drop(store);
     drop(hidden);
-    for i in (0..n_layers).rev() {
+    for i in (first_trainable..n_layers).rev() {
         let input = Var::from_tensor(&inputs.pop().context("layer input")?)?;
         let y = model.train_layer(i, input.as_tensor(), &tb, &ctx)?;
         let store = (y * &upstream)?.sum_all()?.backward()?;
         accumulate(&store, vars, grads)?;
-        if i > 0 {
+        if i > first_trainable {
             upstream = store
                 .get(input.as_tensor())
                 .with_context(|| format!("no gradient reached layer {i}"))?
@@ -769,7 +780,7 @@ pub fn train(
         objective: opts.objective.to_string(),
         adapter: match &opts.adapter {
             AdapterKind::Lora(c) => format!(
-                "lora r={} alpha={} dropout={} targets={}",
+                "lora r={} alpha={} dropout={} targets={}{}",
                 c.rank,
                 c.alpha,
                 c.dropout,
@@ -777,7 +788,18 @@ pub fn train(
                     .iter()
                     .map(|t| t.peft_name())
                     .collect::<Vec<_>>()
-                    .join(",")
+                    .join(","),
+                match &trainable {
+                    Trainable::Lora(s) if c.layers.is_some() => format!(
+                        " layers={}",
+                        s.layers()
+                            .iter()
+                            .map(|l| l.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                    _ => String::new(),
+                }
             ),
             AdapterKind::Full => "full".into(),
         },
