@@ -8,66 +8,20 @@
 //! out as `qwen2`/`qwen3` GGUF files, llama.cpp's layout, and must give the
 //! same logits. These tests need no model download.
 
-use std::path::PathBuf;
-
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
 use firstrank_models::transformer::{CausalLm, KvCache, WeightMode};
 use serde_json::Value;
 
+mod transformer_support;
+use transformer_support::{max_abs_diff, tiny_expected, tiny_hf_dir, TinyExpected};
+
 const MODELS: &[&str] = &["qwen2", "qwen3", "llama-bias", "mistral-window"];
-
-fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/tiny-hf")
-        .join(name)
-}
-
-struct Expected {
-    tokens: Vec<u32>,
-    /// (position, full logits there)
-    logits: Vec<(usize, Vec<f32>)>,
-}
-
-fn expected(name: &str) -> Expected {
-    let text = std::fs::read_to_string(dir(name).join("expected.json")).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    let tokens = v["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect();
-    let mut logits: Vec<(usize, Vec<f32>)> = v["logits"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(p, l)| {
-            let row = l
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
-            (p.parse().unwrap(), row)
-        })
-        .collect();
-    logits.sort_by_key(|(p, _)| *p);
-    Expected { tokens, logits }
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
 
 /// Logits at each checked position, running the sequence in pieces that end
 /// at those positions (so prefill chunks, one-token decoding and the KV
 /// cache are all used).
-fn logits_incremental(model: &mut CausalLm, e: &Expected) -> Vec<Vec<f32>> {
+fn logits_incremental(model: &mut CausalLm, e: &TinyExpected) -> Vec<Vec<f32>> {
     let mut cache = KvCache::new(model);
     let mut out = Vec::new();
     let mut start = 0;
@@ -83,7 +37,7 @@ fn logits_incremental(model: &mut CausalLm, e: &Expected) -> Vec<Vec<f32>> {
 
 /// Asserts that [`logits_incremental`] stays within `tol` of transformers'
 /// logits at every checked position; `label` names the case in failures.
-fn assert_incremental_logits(model: &mut CausalLm, e: &Expected, tol: f32, label: &str) {
+fn assert_incremental_logits(model: &mut CausalLm, e: &TinyExpected, tol: f32, label: &str) {
     for ((pos, want), got) in e.logits.iter().zip(logits_incremental(model, e)) {
         let d = max_abs_diff(&got, want);
         assert!(d < tol, "{label}: position {pos}: max |Δlogit| {d}");
@@ -94,7 +48,7 @@ fn assert_incremental_logits(model: &mut CausalLm, e: &Expected, tol: f32, label
 fn qwen2_with_config(cfg: &Value) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(
-        dir("qwen2").join("model.safetensors"),
+        tiny_hf_dir("qwen2").join("model.safetensors"),
         tmp.path().join("model.safetensors"),
     )
     .unwrap();
@@ -103,16 +57,19 @@ fn qwen2_with_config(cfg: &Value) -> tempfile::TempDir {
 }
 
 fn qwen2_config() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir("qwen2").join("config.json")).unwrap())
-        .unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(tiny_hf_dir("qwen2").join("config.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]
 fn tiny_hf_models_match_transformers_in_f32() {
     for name in MODELS {
-        let e = expected(name);
-        let mut model = CausalLm::load_hf_dir(dir(name), WeightMode::DequantizedF32, &Device::Cpu)
-            .unwrap_or_else(|err| panic!("{name}: {err:#}"));
+        let e = tiny_expected(name);
+        let mut model =
+            CausalLm::load_hf_dir(tiny_hf_dir(name), WeightMode::DequantizedF32, &Device::Cpu)
+                .unwrap_or_else(|err| panic!("{name}: {err:#}"));
         assert_incremental_logits(&mut model, &e, 1e-4, name);
         // The whole sequence in one call: longer than the 256-query
         // attention block, so block-causal attention is used.
@@ -138,9 +95,10 @@ fn tiny_hf_models_match_transformers_in_f32() {
 #[test]
 fn tiny_hf_models_stay_close_with_q8_0_weights() {
     for name in MODELS {
-        let e = expected(name);
-        let mut model = CausalLm::load_hf_dir(dir(name), WeightMode::Quantized, &Device::Cpu)
-            .unwrap_or_else(|err| panic!("{name}: {err:#}"));
+        let e = tiny_expected(name);
+        let mut model =
+            CausalLm::load_hf_dir(tiny_hf_dir(name), WeightMode::Quantized, &Device::Cpu)
+                .unwrap_or_else(|err| panic!("{name}: {err:#}"));
         // Logits here reach ±3.3-4.9; Q8_0 weights and 8-bit decode
         // activations moved them by 0.05-0.13 when this was written. A
         // missing bias or norm moves them by whole units.
@@ -150,7 +108,12 @@ fn tiny_hf_models_stay_close_with_q8_0_weights() {
 
 #[test]
 fn configs_are_read_from_either_transformers_layout() {
-    let q3 = CausalLm::load_hf_dir(dir("qwen3"), WeightMode::DequantizedF32, &Device::Cpu).unwrap();
+    let q3 = CausalLm::load_hf_dir(
+        tiny_hf_dir("qwen3"),
+        WeightMode::DequantizedF32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let c = q3.config();
     assert!(c.qk_norm);
     assert_eq!(c.head_dim, 32, "explicit head_dim, not hidden / heads");
@@ -160,7 +123,7 @@ fn configs_are_read_from_either_transformers_layout() {
         .iter()
         .all(|l| l.rope_theta == 1_000_000.0 && l.sliding_window.is_none()));
     let m = CausalLm::load_hf_dir(
-        dir("mistral-window"),
+        tiny_hf_dir("mistral-window"),
         WeightMode::DequantizedF32,
         &Device::Cpu,
     )
@@ -188,7 +151,7 @@ fn configs_are_read_from_either_transformers_layout() {
         .layers
         .iter()
         .all(|l| l.sliding_window.is_none()));
-    assert_incremental_logits(&mut v4, &expected("qwen2"), 1e-4, "qwen2 (v4 config)");
+    assert_incremental_logits(&mut v4, &tiny_expected("qwen2"), 1e-4, "qwen2 (v4 config)");
 
     // Qwen's sliding window switched on (v4 layout): layers from
     // `max_window_layers` on slide.
@@ -269,7 +232,7 @@ fn gguf_name(hf: &str) -> String {
 /// Writes the tiny Hugging Face checkpoint `name` as an f32 GGUF of
 /// architecture `arch`, with the metadata llama.cpp's converter writes.
 fn write_gguf(name: &str, arch: &str, path: &std::path::Path) {
-    let d = dir(name);
+    let d = tiny_hf_dir(name);
     let cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
     let tensors =
@@ -333,6 +296,11 @@ fn qwen_gguf_files_match_transformers() {
         let mut model = CausalLm::load(&path, WeightMode::DequantizedF32, &Device::Cpu)
             .unwrap_or_else(|err| panic!("{name}: {err:#}"));
         assert_eq!(model.config().arch_name, arch);
-        assert_incremental_logits(&mut model, &expected(name), 1e-4, &format!("{name} GGUF"));
+        assert_incremental_logits(
+            &mut model,
+            &tiny_expected(name),
+            1e-4,
+            &format!("{name} GGUF"),
+        );
     }
 }

@@ -16,10 +16,13 @@ use firstrank_models::hub::{resolve_model_repo, resolve_repo_file, HubAccess};
 use firstrank_models::transformer::{CausalLm, KvCache, WeightMode};
 use sha2::{Digest, Sha256};
 
+mod transformer_support;
+use transformer_support::{max_abs_diff, tiny_expected, tiny_hf_dir};
+
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 fn tiny_qwen2() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-hf/qwen2")
+    tiny_hf_dir("qwen2")
 }
 
 /// One file a fake repo serves, with the etag the hub would give it.
@@ -174,36 +177,15 @@ fn qwen2_repo() -> BTreeMap<String, Served> {
 
 /// transformers' logits at the last checked position of the tiny model's sequence.
 fn check_logits(dir: &Path) {
-    let text = std::fs::read_to_string(tiny_qwen2().join("expected.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let tokens: Vec<u32> = v["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect();
-    let (pos, row) = v["logits"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(p, l)| (p.parse::<usize>().unwrap(), l))
-        .max_by_key(|(p, _)| *p)
-        .unwrap();
-    let want: Vec<f32> = row
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
+    let expected = tiny_expected("qwen2");
+    let tokens = &expected.tokens;
+    let (pos, want) = expected.logits.last().unwrap();
+    let pos = *pos;
     let mut model = CausalLm::load_hf_dir(dir, WeightMode::DequantizedF32, &Device::Cpu).unwrap();
     let mut cache = KvCache::new(&model);
     let h = model.forward(&tokens[..=pos], &mut cache, None).unwrap();
     let got = model.full_logits(&h).unwrap();
-    let err = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let err = max_abs_diff(&got, want);
     assert!(err < 1e-4, "logits differ from transformers' by {err}");
 }
 

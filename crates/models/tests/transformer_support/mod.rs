@@ -100,6 +100,38 @@ pub fn model(case: &ModelCase, mode: WeightMode) -> Option<Shared> {
         .as_ref()
 }
 
+/// `tests/data/tiny-hf/<name>`: a tiny random checkpoint in transformers'
+/// layout with transformers' logits (`scripts/make-tiny-hf-models.py`).
+pub fn tiny_hf_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/tiny-hf")
+        .join(name)
+}
+
+/// A tiny checkpoint's `expected.json`: its token sequence and
+/// transformers' full logits at a few positions.
+pub struct TinyExpected {
+    pub tokens: Vec<u32>,
+    /// (position, full logits there), ascending positions.
+    pub logits: Vec<(usize, Vec<f32>)>,
+}
+
+pub fn tiny_expected(name: &str) -> TinyExpected {
+    let text = std::fs::read_to_string(tiny_hf_dir(name).join("expected.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let mut logits: Vec<(usize, Vec<f32>)> = v["logits"]
+        .as_object()
+        .expect("logits by position")
+        .iter()
+        .map(|(p, l)| (p.parse().expect("position"), f32s(l)))
+        .collect();
+    logits.sort_by_key(|(p, _)| *p);
+    TinyExpected {
+        tokens: u32s(&v["tokens"]),
+        logits,
+    }
+}
+
 pub fn u32s(v: &Value) -> Vec<u32> {
     v.as_array()
         .expect("array")
