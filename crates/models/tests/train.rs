@@ -223,6 +223,13 @@ fn adapters_on_upper_layers_train_and_reload() {
     assert_eq!(set.lowest_layer(), Some(21));
     let dir = tempfile::tempdir().unwrap();
     set.save(dir.path(), DType::F32, "smollm2").unwrap();
+    #[cfg(unix)]
+    {
+        // Readable like any other output, not the 0600 of a temporary file.
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir.path().join("adapter_model.safetensors")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    }
     let config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
     )

@@ -426,8 +426,7 @@ impl LoraSet {
         let tensors = self.named_tensors(dtype)?;
         let weights = dir.join(ADAPTER_WEIGHTS);
         let tmp = dir.join(format!(".{ADAPTER_WEIGHTS}.tmp"));
-        candle_core::safetensors::save(&tensors, &tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        super::save_safetensors(&tensors, &tmp)?;
         std::fs::rename(&tmp, &weights)
             .with_context(|| format!("cannot write {}", weights.display()))?;
         let config = AdapterConfigFile {

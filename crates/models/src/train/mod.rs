@@ -20,3 +20,21 @@ pub use optim::Schedule;
 pub use trainer::{
     prepare_example, train, AdapterKind, PreparedExample, StepReport, TrainOptions, TrainSummary,
 };
+
+/// Writes `tensors` as a safetensors file readable like any other output
+/// (the safetensors crate writes through a private 0600 temporary file).
+pub(crate) fn save_safetensors(
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    candle_core::safetensors::save(tensors, path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("cannot set the permissions of {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -771,7 +771,7 @@ pub fn train(
         Trainable::Full(vars) => {
             let tensors = full_named_tensors(reranker.model(), vars, DType::F16)?;
             let tmp = out_dir.join(format!(".{FULL_WEIGHTS}.tmp"));
-            candle_core::safetensors::save(&tensors, &tmp)?;
+            super::save_safetensors(&tensors, &tmp)?;
             std::fs::rename(&tmp, out_dir.join(FULL_WEIGHTS))?;
         }
     }
@@ -833,11 +833,11 @@ fn write_checkpoint(
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp)?;
-    candle_core::safetensors::save(
+    super::save_safetensors(
         &trainable.named_tensors(model, DType::F32)?,
-        tmp.join("weights.safetensors"),
+        &tmp.join("weights.safetensors"),
     )?;
-    candle_core::safetensors::save(&opt.state()?, tmp.join("optimizer.safetensors"))?;
+    super::save_safetensors(&opt.state()?, &tmp.join("optimizer.safetensors"))?;
     std::fs::write(
         tmp.join("state.json"),
         serde_json::to_string_pretty(state)? + "\n",
