@@ -567,45 +567,9 @@ fn training_commands_reject_bad_configs_clearly() {
     let input = s.join("data/dl19/bm25-top100.json");
     let qrels = s.join("data/dl19/qrels.txt");
     let out = tmp.path().join("lists.jsonl");
-    // A window larger than the 26 letters.
-    let o = firstrank(&[
-        "label",
-        "--input",
-        p(&input),
-        "--teacher",
-        "qrels",
-        "--qrels",
-        p(&qrels),
-        "--window",
-        "27",
-        "--output",
-        p(&out),
-    ]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("identifier alphabet"), "{}", stderr(&o));
-    assert!(!out.exists());
-    // A good label run, for the train checks below.
-    let o = firstrank(&[
-        "label",
-        "-q",
-        "--input",
-        p(&input),
-        "--teacher",
-        "qrels",
-        "--qrels",
-        p(&qrels),
-        "--lists-per-query",
-        "2",
-        "--output",
-        p(&out),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 86);
-    // Fusion with the first-stage order: a negative weight is refused; a weight that swamps
-    // the labels makes the first-stage top window's target the identity order.
-    let fused = tmp.path().join("fused.jsonl");
-    let label_fused = |w: &str| {
-        firstrank(&[
+    // `label` with qrels labels, writing `output`, plus `extra` options.
+    let label = |extra: &[&str], output: &std::path::Path| {
+        let mut a = vec![
             "label",
             "-q",
             "--input",
@@ -614,12 +578,25 @@ fn training_commands_reject_bad_configs_clearly() {
             "qrels",
             "--qrels",
             p(&qrels),
-            "--first-stage-weight",
-            w,
             "--output",
-            p(&fused),
-        ])
+            p(output),
+        ];
+        a.extend_from_slice(extra);
+        firstrank(&a)
     };
+    // A window larger than the 26 letters.
+    let o = label(&["--window", "27"], &out);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("identifier alphabet"), "{}", stderr(&o));
+    assert!(!out.exists());
+    // A good label run, for the train checks below.
+    let o = label(&["--lists-per-query", "2"], &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 86);
+    // Fusion with the first-stage order: a negative weight is refused; a weight that swamps
+    // the labels makes the first-stage top window's target the identity order.
+    let fused = tmp.path().join("fused.jsonl");
+    let label_fused = |w: &str| label(&["--first-stage-weight", w], &fused);
     let o = label_fused("-1");
     assert!(!o.status.success());
     assert!(

@@ -849,19 +849,7 @@ impl CausalLm {
         batch: &PaddedBatch,
         train: &TrainContext<'_>,
     ) -> Result<Tensor> {
-        let l = self.layers.get(layer).context("no such layer")?;
-        let (rope, mask) = batch.layer_tables(l)?;
-        let mut slot = None;
-        self.block(
-            layer,
-            x,
-            batch.lens.len(),
-            &mut slot,
-            rope,
-            (0, mask),
-            false,
-            Some(train),
-        )
+        self.batch_layer(layer, x, batch, Some(train))
     }
 
     /// Block `layer` of a training batch through the inference kernels (fused
@@ -870,6 +858,18 @@ impl CausalLm {
     /// whose output needs no gradient. Equal to [`CausalLm::train_layer`]
     /// without adapters up to float rounding.
     pub fn frozen_layer(&self, layer: usize, x: &Tensor, batch: &PaddedBatch) -> Result<Tensor> {
+        self.batch_layer(layer, x, batch, None)
+    }
+
+    /// Block `layer` on a padded batch (no KV cache); `train` selects the
+    /// differentiable kernels and adapters, `None` the inference kernels.
+    fn batch_layer(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        batch: &PaddedBatch,
+        train: Option<&TrainContext<'_>>,
+    ) -> Result<Tensor> {
         let l = self.layers.get(layer).context("no such layer")?;
         let (rope, mask) = batch.layer_tables(l)?;
         let mut slot = None;
@@ -881,7 +881,7 @@ impl CausalLm {
             rope,
             (0, mask),
             false,
-            None,
+            train,
         )
     }
 

@@ -161,12 +161,13 @@ impl LoraConfig {
         Ok(())
     }
 
-    /// The adapted layers of a model with `n_layers` layers, ascending.
+    /// The adapted layers of a model with `n_layers` layers (checked by
+    /// [`LoraConfig::validate_for`]), ascending.
     pub fn adapted_layers(&self, n_layers: usize) -> Vec<usize> {
         match &self.layers {
             None => (0..n_layers).collect(),
             Some(l) => {
-                let mut l: Vec<usize> = l.iter().copied().filter(|&i| i < n_layers).collect();
+                let mut l = l.clone();
                 l.sort_unstable();
                 l.dedup();
                 l
@@ -309,7 +310,6 @@ impl LoraSet {
     /// Fresh adapters (`A` Kaiming-uniform from `seed`, `B` zero) on
     /// `config.targets` of the adapted layers.
     pub fn new(model: &CausalLm, config: &LoraConfig, seed: u64) -> Result<Self> {
-        config.validate()?;
         let device = model.device();
         let mut rng = SplitMix64(seed);
         let mut pairs = BTreeMap::new();
