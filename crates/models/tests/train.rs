@@ -490,6 +490,26 @@ fn small_model_overfits_two_lists_and_the_adapter_reloads() {
         ..opts.clone()
     };
     let mut r3 = reranker(WeightMode::DequantizedF32).unwrap();
+    // ...but only with the adapter options the checkpoint was written with.
+    let mut other_layers = opts_more.clone();
+    if let AdapterKind::Lora(c) = &mut other_layers.adapter {
+        c.layers = Some(vec![28, 29]);
+    }
+    let err = train(
+        &mut r3,
+        &examples,
+        &other_layers,
+        dir.path(),
+        true,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("7 projections on layers 0-29 at rank")
+            && err.contains("7 projections on layers 28-29 at rank"),
+        "{err}"
+    );
     let resumed = train(
         &mut r3,
         &examples,

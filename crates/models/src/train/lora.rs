@@ -389,6 +389,45 @@ impl LoraSet {
             .sum()
     }
 
+    /// Checks that a checkpoint written by an earlier run holds exactly this
+    /// set's adapters (same layers, projections and rank), so `--resume` with
+    /// different adapter options fails saying so instead of on a tensor name.
+    pub fn check_resumable(&self, checkpoint: &HashMap<String, Tensor>) -> Result<()> {
+        let describe = |layers: &[usize], targets: usize, rank: Option<usize>| {
+            let rank = rank.map_or("?".to_string(), |r| r.to_string());
+            format!(
+                "{targets} projections on layers {} at rank {rank}",
+                layer_list(layers)
+            )
+        };
+        let mut found: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut found_rank = None;
+        for (name, t) in checkpoint {
+            if let Some(layer) = layer_of_tensor_name(name) {
+                if name.ends_with(".lora_A.weight") {
+                    *found.entry(layer).or_default() += 1;
+                    found_rank = t.dims().first().copied();
+                }
+            }
+        }
+        let found_layers: Vec<usize> = found.keys().copied().collect();
+        let found_targets = found.values().copied().max().unwrap_or(0);
+        let expected_layers = self.layers();
+        let expected_targets = self.config.targets.len();
+        let same = found_layers == expected_layers
+            && found.values().all(|&n| n == expected_targets)
+            && found_rank == Some(self.config.rank);
+        ensure!(
+            same,
+            "--resume: the checkpoint holds {}, but this run asks for {}; resume with the \
+             adapter options it was started with (its training.json lists them) or train into \
+             a new --output directory",
+            describe(&found_layers, found_targets, found_rank),
+            describe(&expected_layers, expected_targets, Some(self.config.rank))
+        );
+        Ok(())
+    }
+
     fn row_permutation(&self, target: LoraTarget, to_hf: bool) -> Option<Vec<u32>> {
         permutation_for(self.qk_permutation, target, to_hf)
     }
@@ -582,9 +621,39 @@ impl LoraSet {
     }
 }
 
+/// The layer index in a PEFT tensor name (`...layers.{i}.self_attn...`).
+fn layer_of_tensor_name(name: &str) -> Option<usize> {
+    let rest = &name[name.find(".layers.")? + ".layers.".len()..];
+    rest[..rest.find('.')?].parse().ok()
+}
+
+/// `22-29` for a contiguous run, `0,4,7` otherwise, `none` when empty.
+fn layer_list(layers: &[usize]) -> String {
+    match (layers.first(), layers.last()) {
+        (None, _) | (_, None) => "none".to_string(),
+        (Some(a), Some(b)) if b - a + 1 == layers.len() && layers.len() > 1 => format!("{a}-{b}"),
+        _ => layers
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_tensor_names_give_their_layers() {
+        let name = "base_model.model.model.layers.27.mlp.up_proj.lora_A.weight";
+        assert_eq!(layer_of_tensor_name(name), Some(27));
+        assert_eq!(layer_of_tensor_name("lm_head.weight"), None);
+        assert_eq!(layer_list(&[22, 23, 24]), "22-24");
+        assert_eq!(layer_list(&[0, 4, 7]), "0,4,7");
+        assert_eq!(layer_list(&[5]), "5");
+        assert_eq!(layer_list(&[]), "none");
+    }
 
     #[test]
     fn qk_row_permutation_matches_llama_cpp_layout() {

@@ -603,7 +603,10 @@ pub fn train(
             candle_core::safetensors::load(checkpoint.join("weights.safetensors"), &Device::Cpu)
                 .context("--resume: checkpoint weights")?;
         match &trainable {
-            Trainable::Lora(s) => s.set_from(&weights)?,
+            Trainable::Lora(s) => {
+                s.check_resumable(&weights)?;
+                s.set_from(&weights)?
+            }
             Trainable::Full(vars) => {
                 for ((layer, target), var) in vars {
                     let name = format!("{}.weight", target.hf_path(*layer));
