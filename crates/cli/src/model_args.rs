@@ -71,7 +71,9 @@ pub struct LlmArgs {
     pub threads: Option<usize>,
     /// A trained adapter directory (`firstrank train` output: a PEFT LoRA
     /// adapter or full projections), merged into the model at load time.
-    #[arg(long, value_name = "DIR")]
+    /// Default: the FIRST adapter bundled with the model, where one ships
+    /// (`smollm2`); `none` runs the base model zero-shot.
+    #[arg(long, value_name = "DIR|none")]
     pub adapter: Option<std::path::PathBuf>,
 }
 
@@ -146,8 +148,39 @@ impl LlmArgs {
         Ok(Box::new(self.load(model, max_window)?))
     }
 
-    /// Loads the model; `max_window` is the largest window it will see.
+    /// The adapter directory to apply to `model`: `--adapter DIR`, nothing
+    /// for `--adapter none`, else the adapter bundled with a default model.
+    pub fn adapter_dir(&self, model: &str) -> Result<Option<std::path::PathBuf>> {
+        match &self.adapter {
+            Some(dir) if dir.as_os_str() == "none" => Ok(None),
+            Some(dir) => Ok(Some(dir.clone())),
+            None => match firstrank_models::bundled::bundled_adapter_for(model) {
+                Some(bundled) => {
+                    let dir = bundled.ensure_dir()?;
+                    tracing::info!(
+                        "using the FIRST adapter bundled with {model} ({}; `--adapter none` for the zero-shot base)",
+                        bundled.name
+                    );
+                    Ok(Some(dir))
+                }
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Loads the model with its adapter ([`LlmArgs::adapter_dir`]); `max_window`
+    /// is the largest window it will see.
     pub fn load(&self, model: &str, max_window: usize) -> Result<LlmReranker> {
+        let mut reranker = self.load_base(model, max_window)?;
+        if let Some(dir) = self.adapter_dir(model)? {
+            let n = reranker.apply_adapter(&dir)?;
+            tracing::info!("applied adapter {} ({n} projections)", dir.display());
+        }
+        Ok(reranker)
+    }
+
+    /// Loads the model without any adapter (what training starts from).
+    pub fn load_base(&self, model: &str, max_window: usize) -> Result<LlmReranker> {
         if let Some(n) = self.threads {
             // candle's CPU kernels use rayon's global pool; set it before first use.
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
@@ -155,11 +188,7 @@ impl LlmArgs {
         let config = self.config(max_window)?;
         let device = self.device()?;
         let started = std::time::Instant::now();
-        let mut reranker = LlmReranker::load(model, config, &device)?;
-        if let Some(dir) = &self.adapter {
-            let n = reranker.apply_adapter(dir)?;
-            tracing::info!("applied adapter {} ({n} projections)", dir.display());
-        }
+        let reranker = LlmReranker::load(model, config, &device)?;
         tracing::info!(
             "loaded {} ({}, {} layers) in {:.1}s",
             reranker.name(),

@@ -435,7 +435,8 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
         // (10-bit mantissa products, f32 accumulation).
         candle_core::cuda::set_gemm_reduced_precision_f32(true);
     }
-    let mut reranker = args.llm.load(&args.model, max_window)?;
+    // Training starts from the base model, never from a bundled adapter.
+    let mut reranker = args.llm.load_base(&args.model, max_window)?;
     debug_assert_eq!(reranker.model().weight_mode(), WeightMode::DequantizedF32);
     if let AdapterKind::Lora(lora) = &mut opts.adapter {
         let n_layers = reranker.model().config().n_layers;

@@ -561,6 +561,72 @@ fn bench_times_first_and_generation_on_the_same_windows() {
 }
 
 #[test]
+fn smollm2_reranks_with_its_bundled_adapter_unless_told_otherwise() {
+    let Some(s) = shared() else { return };
+    if std::env::var("FIRSTRANK_FETCH_MODELS").as_deref() != Ok("1") {
+        eprintln!("SKIP: needs the default models (set FIRSTRANK_FETCH_MODELS=1)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let input = s.join("data/dl19/bm25-top100.json");
+    // One query, one window of 5: the raw identifier logits of that window.
+    let logits = |adapter: Option<&str>, name: &str| {
+        let out = tmp.path().join(name);
+        let mut a = vec![
+            "rerank",
+            "--model",
+            "smollm2",
+            "--input",
+            p(&input),
+            "--limit",
+            "1",
+            "--strategy",
+            "single",
+            "--window",
+            "5",
+            "--output-jsonl",
+            p(&out),
+        ];
+        if let Some(dir) = adapter {
+            a.extend(["--adapter", dir]);
+        }
+        let o = firstrank(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(&out)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        let scores: Vec<f64> = v["windows"][0]["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(scores.len(), 5);
+        (scores, stderr(&o))
+    };
+    let (bundled, log) = logits(None, "bundled.jsonl");
+    assert!(log.contains("bundled with smollm2 (smollm2-first"), "{log}");
+    let (zero_shot, log_none) = logits(Some("none"), "none.jsonl");
+    assert!(!log_none.contains("applied adapter"), "{log_none}");
+    assert_ne!(bundled, zero_shot, "the bundled adapter changes the logits");
+    // The bundle is written to the cache as an ordinary adapter directory,
+    // which gives the same logits when passed by hand.
+    let dir = log
+        .lines()
+        .find_map(|l| l.split("applied adapter ").nth(1))
+        .and_then(|rest| rest.split(" (").next())
+        .expect("the log names the adapter directory")
+        .to_string();
+    let (by_hand, _) = logits(Some(&dir), "by-hand.jsonl");
+    assert_eq!(bundled, by_hand);
+}
+
+#[test]
 fn training_commands_reject_bad_configs_clearly() {
     let Some(s) = shared() else { return };
     let tmp = tempfile::tempdir().unwrap();

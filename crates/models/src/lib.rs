@@ -1,8 +1,10 @@
 //! firstrank-models: the model side of firstrank, on candle. Loading LLMs
 //! (GGUF, Hugging Face safetensors), their tokenizers and chat templates,
 //! fetching the default models, and scoring listwise windows with them
-//! (FIRST single-token logits, or generated permutations).
+//! (FIRST single-token logits, or generated permutations), and the FIRST
+//! adapters that ship with the default models.
 
+pub mod bundled;
 pub mod chat;
 pub mod cpu_alloc;
 pub mod embed;
