@@ -420,8 +420,8 @@ impl LoraSet {
         ensure!(
             same,
             "--resume: the checkpoint holds {}, but this run asks for {}; resume with the \
-             adapter options it was started with (its training.json lists them) or train into \
-             a new --output directory",
+             checkpoint's adapter options (--lora-layers, --lora-targets, --lora-rank) or \
+             train into a new --output directory",
             describe(&found_layers, found_targets, found_rank),
             describe(&expected_layers, expected_targets, Some(self.config.rank))
         );
