@@ -80,6 +80,9 @@ struct BenchReport {
     model: String,
     device: String,
     weights: String,
+    /// Precision of the prefill's matrix products: `bf16` (quantized weights
+    /// on a CPU with AVX512-BF16) or `f32`.
+    prefill: &'static str,
     threads: usize,
     modes: Vec<ModeResult>,
     generate_over_first: Option<f64>,
@@ -223,6 +226,11 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
         model: reranker.name().to_string(),
         device: format!("{:?}", args.llm.device),
         weights: format!("{}", reranker.model().weight_mode()),
+        prefill: if reranker.model().bf16_prefill() {
+            "bf16"
+        } else {
+            "f32"
+        },
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         modes: results,
         generate_over_first,
@@ -231,8 +239,8 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
     };
     if !quiet {
         println!(
-            "model {} ({} weights, {}, {} threads)",
-            report.model, report.weights, report.device, report.threads
+            "model {} ({} weights, {} prefill, {}, {} threads)",
+            report.model, report.weights, report.prefill, report.device, report.threads
         );
         println!("mode       windows  s/window  prompt tok/s  generated tokens");
         for r in &report.modes {

@@ -12,11 +12,20 @@
 //! for fidelity with the Python reference).
 //!
 //! Shapes inside are batch-free: activations are `[tokens, hidden]`.
+//!
+//! CPU inference has fused kernels of its own beside candle's ops: the causal
+//! softmax (`softmax`), SiLU times up (`swiglu`), and, for quantized-mode
+//! prefill on AVX512-BF16 CPUs, bf16 matrix products (`bf16_gemm`) for the
+//! projections and the whole attention (`bf16_attention`). Training and CUDA
+//! use candle's ops throughout.
 
+mod bf16_attention;
+mod bf16_gemm;
 mod gemma3;
 mod hf;
 mod llama;
 mod softmax;
+mod swiglu;
 mod weights;
 
 pub use hf::SUPPORTED_HF_ARCHS;
@@ -121,6 +130,13 @@ impl PaddedBatch {
 /// Queries per block of the block-causal inference attention (chunks longer
 /// than this skip the keys a block cannot see).
 const ATTENTION_BLOCK: usize = 256;
+
+/// Largest total size of projections packed for bf16 prefill at load (1 GiB:
+/// the +212 MB of SmolLM2-135M's, +200 MB of Gemma-3-270M's). Packing ahead
+/// saves dequantizing and packing every weight at every prefill (a SmolLM2
+/// FIRST window 1.1-1.2x faster); bigger models pack per call instead of
+/// holding a bf16 copy beside their quantized blocks.
+const BF16_PREPACK_BUDGET: usize = 1 << 30;
 
 /// The GGUF `general.architecture` values this module can run.
 pub const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
@@ -327,6 +343,26 @@ struct Layer {
     down: Linear,
 }
 
+impl Layer {
+    fn projections(&self) -> [&Linear; 7] {
+        [
+            &self.wq, &self.wk, &self.wv, &self.wo, &self.gate, &self.up, &self.down,
+        ]
+    }
+
+    fn projections_mut(&mut self) -> [&mut Linear; 7] {
+        [
+            &mut self.wq,
+            &mut self.wk,
+            &mut self.wv,
+            &mut self.wo,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ]
+    }
+}
+
 /// Keys and values of the positions processed so far, per layer, plus the
 /// token ids they came from. Truncating it to a shared prefix lets the next
 /// prompt with that prefix skip recomputing it.
@@ -445,6 +481,8 @@ pub struct CausalLm {
     rope_freqs: Vec<Vec<f32>>,
     prefill_chunk: usize,
     forward_calls: u64,
+    /// Whether the projections were packed for bf16 prefill at load.
+    bf16_prepacked: bool,
 }
 
 impl std::fmt::Debug for CausalLm {
@@ -595,7 +633,7 @@ impl CausalLm {
                 down: r.linear(&format!("{p}.ffn_down.weight"), h, c.intermediate, mode)?,
             });
         }
-        Ok(Self {
+        let mut model = Self {
             config,
             mode,
             device: r.device().clone(),
@@ -606,7 +644,40 @@ impl CausalLm {
             rope_freqs,
             prefill_chunk: 2048,
             forward_calls: 0,
-        })
+            bf16_prepacked: false,
+        };
+        model.prepack_bf16()?;
+        Ok(model)
+    }
+
+    /// Packs every projection for bf16 prefill ahead (see
+    /// [`BF16_PREPACK_BUDGET`]) when prefill runs in bf16: a quantized-mode
+    /// model on a CPU with AVX512-BF16.
+    fn prepack_bf16(&mut self) -> Result<()> {
+        if !self.bf16_prefill() {
+            return Ok(());
+        }
+        let bytes: usize = self
+            .layers
+            .iter()
+            .flat_map(Layer::projections)
+            .map(|l| 2 * l.bf16_prefill_elements())
+            .sum();
+        if bytes > BF16_PREPACK_BUDGET {
+            tracing::debug!(
+                "bf16 prefill packs weights per call: {} MB packed would exceed {} MB",
+                bytes >> 20,
+                BF16_PREPACK_BUDGET >> 20
+            );
+            return Ok(());
+        }
+        for layer in &mut self.layers {
+            for l in layer.projections_mut() {
+                l.prepack_bf16()?;
+            }
+        }
+        self.bf16_prepacked = true;
+        Ok(())
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -615,6 +686,14 @@ impl CausalLm {
 
     pub fn weight_mode(&self) -> WeightMode {
         self.mode
+    }
+
+    /// Whether prefill (forward calls of [`EXACT_MIN_TOKENS`] or more) runs
+    /// its matrix products in bf16 with f32 accumulation: quantized mode on a
+    /// CPU with AVX512-BF16. Otherwise prefill multiplies in f32 and matches
+    /// the f32 reference.
+    pub fn bf16_prefill(&self) -> bool {
+        self.device.is_cpu() && self.mode == WeightMode::Quantized && bf16_gemm::available()
     }
 
     pub fn device(&self) -> &Device {
@@ -1005,19 +1084,32 @@ impl CausalLm {
             Ok((y + pair.delta(x, mask.as_ref())?)?)
         };
         let h = norm(x, &layer.attn_norm)?;
-        let mut a = self.attention(layer, &h, batch, slot, rope, mask, &proj, train.is_some())?;
+        let mut a = self.attention(
+            layer,
+            &h,
+            batch,
+            slot,
+            rope,
+            mask,
+            &proj,
+            kernel,
+            train.is_some(),
+        )?;
         if let Some(n) = &layer.post_attn_norm {
             a = norm(&a, n)?;
         }
         let x1 = (x + a)?;
         let h = norm(&x1, &layer.ffn_norm)?;
         let gate = proj(LoraTarget::Gate, &layer.gate, &h)?;
-        let gate = match c.activation {
-            Activation::Silu => candle_nn::ops::silu(&gate)?,
-            Activation::GeluTanh => gate.gelu()?,
-        };
         let up = proj(LoraTarget::Up, &layer.up, &h)?;
-        let mut m = proj(LoraTarget::Down, &layer.down, &(gate * up)?)?;
+        let act = match c.activation {
+            Activation::Silu if train.is_none() && self.device.is_cpu() => {
+                swiglu::silu_mul(&gate, &up)?
+            }
+            Activation::Silu => (candle_nn::ops::silu(&gate)? * up)?,
+            Activation::GeluTanh => (gate.gelu()? * up)?,
+        };
+        let mut m = proj(LoraTarget::Down, &layer.down, &act)?;
         if let Some(n) = &layer.post_ffn_norm {
             m = norm(&m, n)?;
         }
@@ -1025,7 +1117,8 @@ impl CausalLm {
     }
 
     /// Self-attention of one layer over `batch` sequences; `proj` applies a
-    /// projection (plus its adapter when training); `train` selects
+    /// projection (plus its adapter when training); `kernel`: a short call
+    /// (decoding) that uses the quantized kernels; `train` selects
     /// differentiable kernels.
     #[allow(clippy::too_many_arguments)]
     fn attention(
@@ -1037,6 +1130,7 @@ impl CausalLm {
         (cos, sin): (&Tensor, &Tensor),
         (k0, mask): (usize, &Tensor),
         proj: &dyn Fn(LoraTarget, &Linear, &Tensor) -> Result<Tensor>,
+        kernel: bool,
         train: bool,
     ) -> Result<Tensor> {
         let c = &self.config;
@@ -1087,6 +1181,19 @@ impl CausalLm {
             *slot = Some((k_all.clone(), v_all.clone()));
         }
         let total = k_all.dim(2)?;
+        if !train && !kernel && self.bf16_attention() {
+            // All keys, at their absolute positions (the op applies the
+            // sliding window itself): its summation order then depends only
+            // on positions, not on where the chunk or cached prefix starts.
+            let out = bf16_attention::CausalAttention {
+                first_query_key: total - s,
+                window: layer.spec.sliding_window,
+                scale: c.attn_scale as f32,
+                block: ATTENTION_BLOCK,
+            }
+            .forward(&q, &k_all, &v_all)?;
+            return with_bias(proj(LoraTarget::O, &layer.wo, &out)?, &layer.bo);
+        }
         let (k_use, v_use) = if k0 > 0 {
             (
                 k_all.narrow(2, k0, total - k0)?,
@@ -1225,6 +1332,13 @@ impl CausalLm {
         self.device.is_cpu() && self.config.attn_logit_softcap.is_none()
     }
 
+    /// Whether prefill attention runs in bf16 (`bf16_attention`): the fused
+    /// CPU path of a quantized-mode model on a CPU with AVX512-BF16, like the
+    /// projections around it (f32 mode stays exact).
+    fn bf16_attention(&self) -> bool {
+        self.fused_softmax() && self.bf16_prefill()
+    }
+
     /// The projection `target` of layer `layer`.
     pub(crate) fn projection(&self, layer: usize, target: LoraTarget) -> Option<&Linear> {
         let l = self.layers.get(layer)?;
@@ -1272,10 +1386,15 @@ impl CausalLm {
             dims.0,
             dims.1
         );
+        let mode = self.mode;
+        let prepacked = self.bf16_prepacked;
         let slot = self
             .projection_mut(layer, target)
             .context("projection exists")?;
-        *slot = Linear::Dense(w.to_dtype(DType::F32)?);
+        *slot = Linear::dense(w.to_dtype(DType::F32)?, mode);
+        if prepacked && !w.track_op() {
+            slot.prepack_bf16()?;
+        }
         Ok(())
     }
 

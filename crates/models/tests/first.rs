@@ -70,9 +70,10 @@ fn gemma3_first_is_one_forward_with_reference_logits() {
 }
 
 /// With quantized weights, re-scoring a cached window recomputes enough
-/// tokens to stay on the f32-matmul path: the scores do not depend on what
-/// the cache held (a 1-token suffix through candle's 8-bit kernels moves
-/// Gemma's letter logits by up to ~0.7).
+/// tokens to stay on the prefill path (f32, or bf16 on AVX512-BF16 CPUs):
+/// the scores do not depend on what the cache held (a 1-token suffix through
+/// candle's 8-bit kernels moves Gemma's letter logits by up to ~0.7), also
+/// with Gemma's sliding-window layers.
 #[test]
 fn gemma3_quantized_rescoring_a_cached_window_is_stable() {
     let case = &GEMMA3;
@@ -98,9 +99,16 @@ fn gemma3_quantized_rescoring_a_cached_window_is_stable() {
         d < 1e-4,
         "re-scoring from the cache moved the logits by {d}"
     );
-    // Both are the reference's logits (prefill dequantizes to f32).
+    // Both are the reference's logits (prefill dequantizes to f32), or close
+    // to them in bf16.
     let want = f32s(&w["letter_logits"]);
-    assert!(max_abs_diff(&first, &want) < 1e-3);
+    let d = max_abs_diff(&first, &want);
+    if m.bf16_prefill() {
+        let tau = kendall_tau(&first, &want);
+        assert!(d < 0.5 && tau >= 0.9, "bf16: max |diff| {d}, tau {tau}");
+    } else {
+        assert!(d < 1e-3, "max |diff| {d}");
+    }
 }
 
 /// Windows of different lengths scored in one padded forward pass give the

@@ -15,7 +15,7 @@ use firstrank_models::chat::ChatTemplate;
 use firstrank_models::gguf_tokenizer::tokenizer_from_gguf_file;
 use firstrank_models::reranker::{identifier_token_ids, LlmReranker, RerankerConfig, ScoringMode};
 use firstrank_models::transformer::{CausalLm, WeightMode};
-use transformer_support::{fixture, model_path, window_request, SMOLLM2};
+use transformer_support::{fixture, kendall_tau, model_path, window_request, SMOLLM2};
 
 fn reranker(mode: ScoringMode) -> Option<LlmReranker> {
     let path = model_path(SMOLLM2.file)?;
@@ -77,12 +77,27 @@ fn first_window_matches_the_reference_end_to_end_with_one_forward_pass() {
         .zip(&expected)
         .map(|(a, b)| (*a as f64 - b).abs())
         .fold(0.0, f64::max);
-    assert!(
-        max_diff < 1e-3,
-        "identifier logits differ from the reference by {max_diff}"
-    );
+    let exact = !r.model().bf16_prefill();
+    if exact {
+        assert!(
+            max_diff < 1e-3,
+            "identifier logits differ from the reference by {max_diff}"
+        );
+    } else {
+        // bf16 prefill (AVX512-BF16 CPUs): close, and the same ranking up to
+        // a swap of near ties.
+        let expected32: Vec<f32> = expected.iter().map(|&x| x as f32).collect();
+        let tau = kendall_tau(&scores, &expected32);
+        assert!(
+            max_diff < 0.5 && tau >= 0.9,
+            "bf16 identifier logits: max |diff| {max_diff}, Kendall tau {tau}"
+        );
+    }
 
     // Through the strategy: a single window, ordered by those logits.
+    let mut by_scores: Vec<usize> = (0..cands.len()).collect();
+    by_scores.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let by_scores: Vec<String> = by_scores.iter().map(|&i| cands[i].docid.clone()).collect();
     let out = rerank(
         &mut r,
         &WindowStrategy::single(20),
@@ -97,13 +112,16 @@ fn first_window_matches_the_reference_end_to_end_with_one_forward_pass() {
         .iter()
         .map(|c| c.candidate.docid.as_str())
         .collect();
-    let expected_order: Vec<&str> = w["order_docids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    assert_eq!(order, expected_order);
+    assert_eq!(order, by_scores);
+    if exact {
+        let expected_order: Vec<&str> = w["order_docids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(order, expected_order);
+    }
     assert_eq!(r.stats().windows, 2);
     assert_eq!(r.stats().forward_calls, 2);
 }

@@ -87,7 +87,7 @@ impl CustomOp1 for CausalRows {
 }
 
 /// `dst = softmax(scale · src)`.
-fn softmax_row(src: &[f32], dst: &mut [f32], scale: f32) {
+pub(crate) fn softmax_row(src: &[f32], dst: &mut [f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -171,7 +171,7 @@ fn softmax_row_portable(src: &[f32], dst: &mut [f32], scale: f32) {
 /// with `|r| <= ln2/2`, a degree-6 Taylor polynomial for `e^r`, and `2^n`
 /// built in the exponent bits.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that n·LN2_HI is exact for the n that occur.
     const LN2_HI: f32 = 0.693_145_75;
