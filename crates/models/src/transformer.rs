@@ -14,18 +14,18 @@
 //! Shapes inside are batch-free: activations are `[tokens, hidden]`.
 //!
 //! CPU inference has fused kernels of its own beside candle's ops: the causal
-//! softmax (`softmax`), SiLU times up (`swiglu`), and, for quantized-mode
+//! softmax (`softmax`), the gated MLP activation (`gated`), and, for quantized-mode
 //! prefill on AVX512-BF16 CPUs, bf16 matrix products (`bf16_gemm`) for the
 //! projections and the whole attention (`bf16_attention`). Training and CUDA
 //! use candle's ops throughout.
 
 mod bf16_attention;
 mod bf16_gemm;
+mod gated;
 mod gemma3;
 mod hf;
 mod llama;
 mod softmax;
-mod swiglu;
 mod weights;
 
 pub use hf::SUPPORTED_HF_ARCHS;
@@ -756,7 +756,7 @@ impl CausalLm {
             } else {
                 None
             };
-            match self.forward_chunk(chunk, cache, t, kernel) {
+            match self.forward_chunk(chunk, cache, t, kernel, ci + 1 == n_chunks) {
                 Ok(h) => last = Some(h),
                 Err(e) => {
                     cache.rollback(start);
@@ -801,6 +801,7 @@ impl CausalLm {
                 (0, mask),
                 kernel,
                 None,
+                false,
             )?;
         }
         let (dev, len) = (&self.device, batch.len);
@@ -961,6 +962,7 @@ impl CausalLm {
             (0, mask),
             false,
             train,
+            false,
         )
     }
 
@@ -986,13 +988,16 @@ impl CausalLm {
     }
 
     /// Runs one chunk and returns the hidden states of all its positions
-    /// before the final norm, `[tokens, hidden]`.
+    /// before the final norm, `[tokens, hidden]`; of the last position only,
+    /// `[1, hidden]`, when `last_chunk` and the final layer can skip the
+    /// others (the bf16 CPU path).
     fn forward_chunk(
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
         mut taps: Option<&mut Vec<(String, Tensor)>>,
         kernel: bool,
+        last_chunk: bool,
     ) -> Result<Tensor> {
         let c = &self.config;
         let dev = &self.device;
@@ -1042,6 +1047,7 @@ impl CausalLm {
                 (*k0, mask),
                 kernel,
                 None,
+                last_chunk && i + 1 == self.layers.len(),
             )?;
             tap(&format!("layer{i}_out"), &x)?;
         }
@@ -1064,6 +1070,7 @@ impl CausalLm {
         mask: (usize, &Tensor),
         kernel: bool,
         train: Option<&TrainContext<'_>>,
+        last_only: bool,
     ) -> Result<Tensor> {
         let c = &self.config;
         let layer = &self.layers[i];
@@ -1084,6 +1091,11 @@ impl CausalLm {
             Ok((y + pair.delta(x, mask.as_ref())?)?)
         };
         let h = norm(x, &layer.attn_norm)?;
+        // Only the last position's output is wanted: its queries alone go
+        // through attention and the MLP (the bf16 CPU path, where a row's
+        // result does not depend on the other rows).
+        let last_only =
+            last_only && batch == 1 && train.is_none() && !kernel && self.bf16_attention();
         let mut a = self.attention(
             layer,
             &h,
@@ -1094,20 +1106,31 @@ impl CausalLm {
             &proj,
             kernel,
             train.is_some(),
+            last_only,
         )?;
         if let Some(n) = &layer.post_attn_norm {
             a = norm(&a, n)?;
         }
+        let x = if last_only {
+            x.narrow(0, x.dim(0)? - 1, 1)?
+        } else {
+            x.clone()
+        };
         let x1 = (x + a)?;
         let h = norm(&x1, &layer.ffn_norm)?;
         let gate = proj(LoraTarget::Gate, &layer.gate, &h)?;
         let up = proj(LoraTarget::Up, &layer.up, &h)?;
-        let act = match c.activation {
-            Activation::Silu if train.is_none() && self.device.is_cpu() => {
-                swiglu::silu_mul(&gate, &up)?
+        let act = if train.is_none() && self.device.is_cpu() {
+            let act = match c.activation {
+                Activation::Silu => gated::GateActivation::Silu,
+                Activation::GeluTanh => gated::GateActivation::GeluTanh,
+            };
+            gated::gated(act, &gate, &up)?
+        } else {
+            match c.activation {
+                Activation::Silu => (candle_nn::ops::silu(&gate)? * up)?,
+                Activation::GeluTanh => (gate.gelu()? * up)?,
             }
-            Activation::Silu => (candle_nn::ops::silu(&gate)? * up)?,
-            Activation::GeluTanh => (gate.gelu()? * up)?,
         };
         let mut m = proj(LoraTarget::Down, &layer.down, &act)?;
         if let Some(n) = &layer.post_ffn_norm {
@@ -1132,19 +1155,34 @@ impl CausalLm {
         proj: &dyn Fn(LoraTarget, &Linear, &Tensor) -> Result<Tensor>,
         kernel: bool,
         train: bool,
+        last_only: bool,
     ) -> Result<Tensor> {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let s = x.dim(0)? / batch;
-        // [batch·s, n·hd] → [batch, n, s, hd]
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((batch, s, n, hd))?
+        // [batch·rows, n·hd] → [batch, n, rows, hd]
+        let heads_of = |t: Tensor, n: usize, rows: usize| -> Result<Tensor> {
+            Ok(t.reshape((batch, rows, n, hd))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let mut q = heads(
-            with_bias(proj(LoraTarget::Q, &layer.wq, x)?, &layer.bq)?,
+        let heads = |t: Tensor, n: usize| heads_of(t, n, s);
+        // Queries: of every position, or of the last one only (its keys and
+        // values are still computed for all positions, for the cache).
+        let (xq, q_rows, cos_q, sin_q) = if last_only {
+            (
+                x.narrow(0, s - 1, 1)?,
+                1,
+                cos.narrow(0, s - 1, 1)?,
+                sin.narrow(0, s - 1, 1)?,
+            )
+        } else {
+            (x.clone(), s, cos.clone(), sin.clone())
+        };
+        let mut q = heads_of(
+            with_bias(proj(LoraTarget::Q, &layer.wq, &xq)?, &layer.bq)?,
             nh,
+            q_rows,
         )?;
         let mut k = heads(
             with_bias(proj(LoraTarget::K, &layer.wk, x)?, &layer.bk)?,
@@ -1163,7 +1201,7 @@ impl CausalLm {
                 k = rms_norm(&k, kn, c.rms_eps)?;
             }
         }
-        let rope = |t: &Tensor| -> Result<Tensor> {
+        let rope = |t: &Tensor, cos: &Tensor, sin: &Tensor| -> Result<Tensor> {
             Ok(match (c.rope_style, train) {
                 (RopeStyle::Interleaved, false) => candle_nn::rotary_emb::rope_i(t, cos, sin)?,
                 (RopeStyle::HalfSplit, false) => candle_nn::rotary_emb::rope(t, cos, sin)?,
@@ -1171,8 +1209,8 @@ impl CausalLm {
                 (RopeStyle::HalfSplit, true) => candle_nn::rotary_emb::rope_slow(t, cos, sin)?,
             })
         };
-        let q = rope(&q)?;
-        let k = rope(&k)?;
+        let q = rope(&q, &cos_q, &sin_q)?;
+        let k = rope(&k, cos, sin)?;
         let (k_all, v_all) = match slot.take() {
             Some((kc, vc)) => (Tensor::cat(&[&kc, &k], 2)?, Tensor::cat(&[&vc, &v], 2)?),
             None => (k, v),
@@ -1186,7 +1224,7 @@ impl CausalLm {
             // sliding window itself): its summation order then depends only
             // on positions, not on where the chunk or cached prefix starts.
             let out = bf16_attention::CausalAttention {
-                first_query_key: total - s,
+                first_query_key: total - q_rows,
                 window: layer.spec.sliding_window,
                 scale: c.attn_scale as f32,
                 block: ATTENTION_BLOCK,
@@ -1202,6 +1240,10 @@ impl CausalLm {
         } else {
             (k_all, v_all)
         };
+        ensure!(
+            !last_only,
+            "last-position attention needs the bf16 CPU path"
+        );
         let tk = total - k0;
         let group = nh / nkv;
         if !train && s > ATTENTION_BLOCK {
