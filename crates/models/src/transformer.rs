@@ -132,7 +132,7 @@ impl PaddedBatch {
 const ATTENTION_BLOCK: usize = 256;
 
 /// Largest total size of projections packed for bf16 prefill at load (1 GiB:
-/// the +212 MB of SmolLM2-135M's, +200 MB of Gemma-3-270M's). Packing ahead
+/// the +212 MB of SmolLM2-135M's, +180 MB of Gemma-3-270M's). Packing ahead
 /// saves dequantizing and packing every weight at every prefill (a SmolLM2
 /// FIRST window 1.1-1.2x faster); bigger models pack per call instead of
 /// holding a bf16 copy beside their quantized blocks.
