@@ -26,6 +26,8 @@ mod gemma3;
 mod hf;
 mod llama;
 mod softmax;
+#[cfg(test)]
+mod test_support;
 mod weights;
 
 pub use hf::SUPPORTED_HF_ARCHS;

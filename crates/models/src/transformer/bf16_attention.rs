@@ -182,6 +182,7 @@ impl CustomOp3 for CausalAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transformer::test_support::{additive_mask, max_abs_diff};
     use candle_core::{Device, Tensor, D};
 
     /// The plain masked attention in f32 candle ops.
@@ -198,19 +199,7 @@ mod tests {
                 .unwrap()
         };
         let scores = (q.matmul(&rep(k).t().unwrap()).unwrap() * att.scale as f64).unwrap();
-        let mask: Vec<f32> = (0..s)
-            .flat_map(|r| {
-                let (lo, hi) = att.visible(att.first_query_key + r);
-                (0..keys).map(move |key| {
-                    if key >= lo && key <= hi {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (s, keys), &Device::Cpu).unwrap();
+        let mask = additive_mask(s, keys, |r| att.visible(att.first_query_key + r));
         let probs =
             candle_nn::ops::softmax(&scores.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
         probs
@@ -244,14 +233,7 @@ mod tests {
             };
             let got = att.forward(&q, &k, &v).unwrap();
             let want = reference(&q, &k, &v, &att);
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&got, &want);
             // bf16 inputs (2^-9 relative) on unit-scale values.
             assert!(diff < 0.03, "window {window:?}: max difference {diff}");
         }

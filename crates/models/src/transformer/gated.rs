@@ -144,6 +144,7 @@ fn gelu_tanh(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transformer::test_support::max_abs_diff;
     use candle_core::Device;
 
     #[test]
@@ -158,14 +159,7 @@ mod tests {
             };
             let want = (a * &up).unwrap();
             let got = gated(act, &gate, &up).unwrap();
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&got, &want);
             assert!(diff < 1e-5, "{act:?}: max difference {diff}");
         }
         // Extremes: no overflow or NaN.

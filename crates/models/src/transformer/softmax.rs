@@ -195,6 +195,7 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transformer::test_support::{additive_mask, max_abs_diff};
     use candle_core::{Device, D};
 
     #[test]
@@ -232,30 +233,10 @@ mod tests {
             };
             let got = causal_softmax(&scores, spec).unwrap();
             let scores = scores.clone();
-            let mask: Vec<f32> = (0..rows)
-                .flat_map(|r| {
-                    let (lo, hi) = spec.visible(r);
-                    (0..keys).map(move |k| {
-                        if k >= lo && k <= hi {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (rows, keys), &dev).unwrap();
+            let mask = additive_mask(rows, keys, |r| spec.visible(r));
             let masked = (scores * 0.125).unwrap().broadcast_add(&mask).unwrap();
             let want = candle_nn::ops::softmax(&masked, D::Minus1).unwrap();
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap();
-            let diff = diff.to_scalar::<f32>().unwrap();
+            let diff = max_abs_diff(&got, &want);
             assert!(diff < 1e-6, "rows {rows} keys {keys}: {diff}");
         }
     }
