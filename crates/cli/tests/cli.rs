@@ -624,6 +624,22 @@ fn smollm2_reranks_with_its_bundled_adapter_unless_told_otherwise() {
         .to_string();
     let (by_hand, _) = logits(Some(&dir), "by-hand.jsonl");
     assert_eq!(bundled, by_hand);
+    // `models list` shows the built-in adapter under its model, and where it
+    // was written.
+    let o = firstrank(&["models", "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listing = stdout(&o);
+    let line = listing
+        .lines()
+        .skip_while(|l| !l.starts_with("smollm2 "))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        line.contains("FIRST adapter `smollm2-first`")
+            && line.contains("written")
+            && line.ends_with(&dir),
+        "{listing}"
+    );
 }
 
 #[test]

@@ -53,6 +53,11 @@ pub fn bundled_adapter_for(model: &str) -> Option<&'static BundledAdapter> {
     BUNDLED.iter().find(|a| a.model == model)
 }
 
+/// Every adapter compiled into this binary.
+pub fn bundled_adapters() -> &'static [BundledAdapter] {
+    BUNDLED
+}
+
 impl BundledAdapter {
     /// sha256 over the file names and contents, in order.
     pub fn sha256(&self) -> String {
@@ -70,9 +75,29 @@ impl BundledAdapter {
         self.ensure_dir_in(&crate::fetch::cache_dir().join("adapters"))
     }
 
+    /// Where [`BundledAdapter::ensure_dir`] puts the adapter (it may not be
+    /// written yet: see [`BundledAdapter::is_cached`]).
+    pub fn cached_dir(&self) -> PathBuf {
+        self.dir_in(&crate::fetch::cache_dir().join("adapters"))
+    }
+
+    /// Whether the cache holds a whole, unaltered copy.
+    pub fn is_cached(&self) -> bool {
+        self.is_complete(&self.cached_dir())
+    }
+
+    /// Total size of the adapter's files in bytes.
+    pub fn size(&self) -> usize {
+        self.files.iter().map(|(_, bytes)| bytes.len()).sum()
+    }
+
+    fn dir_in(&self, root: &Path) -> PathBuf {
+        root.join(format!("{}-{}", self.name, &self.sha256()[..8]))
+    }
+
     /// [`BundledAdapter::ensure_dir`] under `root` instead of the cache.
     pub fn ensure_dir_in(&self, root: &Path) -> Result<PathBuf> {
-        let dir = root.join(format!("{}-{}", self.name, &self.sha256()[..8]));
+        let dir = self.dir_in(root);
         if self.is_complete(&dir) {
             return Ok(dir);
         }
@@ -120,6 +145,11 @@ mod tests {
         let config = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
         let config: serde_json::Value = serde_json::from_str(&config).unwrap();
         assert_eq!(config["peft_type"], "LORA");
+        // PEFT finds the base model on its own.
+        assert_eq!(
+            config["base_model_name_or_path"],
+            crate::fetch::default_model("smollm2").unwrap().hf_repo
+        );
         // A truncated file (an interrupted copy by hand, say) is replaced.
         std::fs::write(dir.join("adapter_model.safetensors"), b"x").unwrap();
         assert_eq!(adapter.ensure_dir_in(root.path()).unwrap(), dir);

