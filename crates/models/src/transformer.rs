@@ -17,7 +17,8 @@
 //! softmax (`softmax`), the gated MLP activation (`gated`), and, for quantized-mode
 //! prefill on AVX512-BF16 CPUs, bf16 matrix products (`bf16_gemm`) for the
 //! projections and the whole attention (`bf16_attention`). Training and CUDA
-//! use candle's ops throughout.
+//! use candle's ops, with a gradient attached to candle's fused softmax for
+//! training attention (`train_softmax`).
 
 mod bf16_attention;
 mod bf16_gemm;
@@ -28,6 +29,7 @@ mod llama;
 mod softmax;
 #[cfg(test)]
 mod test_support;
+mod train_softmax;
 mod weights;
 
 pub use hf::SUPPORTED_HF_ARCHS;
@@ -1278,7 +1280,10 @@ impl CausalLm {
                 .reshape((batch * s, nh * hd))?;
             return with_bias(proj(LoraTarget::O, &layer.wo, &out)?, &layer.bo);
         }
-        let mut scores = (q.matmul(&k_use.t()?)? * c.attn_scale)?;
+        // The scale goes on the queries, a score matrix's 1/keys of the work
+        // (and one pass fewer in the backward pass).
+        let q = (q * c.attn_scale)?;
+        let mut scores = q.matmul(&k_use.t()?)?;
         if let Some(cap) = c.attn_logit_softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
@@ -1286,7 +1291,7 @@ impl CausalLm {
             .reshape((batch, nkv, group, s, tk))?
             .broadcast_add(mask)?;
         let probs = if train {
-            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+            train_softmax::softmax_last_dim(&scores)?
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
