@@ -142,6 +142,7 @@ pub fn label(args: LabelArgs, quiet: bool) -> Result<()> {
     let mut rng = SplitMix64(args.seed);
     let mut out = AtomicWriter::create(&args.output)?;
     let (mut lists_written, mut skipped) = (0usize, 0usize);
+    let mut passage_embeddings = HashMap::new();
     for request in &requests {
         let labels: HashMap<String, f64> = match (&qrels, &encoder) {
             (Some(q), _) => request
@@ -153,7 +154,11 @@ pub fn label(args: LabelArgs, quiet: bool) -> Result<()> {
                 })
                 .collect(),
             (None, Some(teacher)) => {
-                let scores = teacher.scores(&request.query.text, &request.candidates)?;
+                let scores = teacher.scores_cached(
+                    &request.query.text,
+                    &request.candidates,
+                    &mut passage_embeddings,
+                )?;
                 request
                     .candidates
                     .iter()
@@ -280,6 +285,13 @@ pub struct TrainArgs {
     /// Stop after this many optimizer steps.
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Train for at most this long (`90s`, `25m`, `2h`; a bare number is
+    /// seconds), counted from the first step: the run ends after the last
+    /// step that fits, and the learning-rate decay is stretched over the
+    /// steps that fit at the measured pace. `--max-steps`/`--epochs` still
+    /// cap the run.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_time: Option<f64>,
     /// Lists per optimizer step (gradient accumulation).
     #[arg(long, default_value_t = 8)]
     pub grad_accum: usize,
@@ -332,6 +344,23 @@ impl LayerSpec {
             }
             LayerSpec::Listed(l) => Ok(Some(l.clone())),
         }
+    }
+}
+
+/// `--max-time`: seconds, or a number with an `s`, `m` or `h` suffix.
+fn parse_duration(text: &str) -> std::result::Result<f64, String> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1.0),
+        Some((i, 'm')) => (&t[..i], 60.0),
+        Some((i, 'h')) => (&t[..i], 3600.0),
+        _ => (t, 1.0),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v * unit),
+        _ => Err(format!(
+            "`{text}`: expected a positive duration such as 600, 90s, 25m or 2h"
+        )),
     }
 }
 
@@ -406,6 +435,7 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
         warmup_steps: args.warmup,
         epochs: args.epochs,
         max_steps: args.max_steps,
+        time_limit_s: args.max_time,
         grad_accum: args.grad_accum,
         micro_batch: args.micro_batch,
         max_grad_norm: args.max_grad_norm,
@@ -470,14 +500,24 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
     let total = opts.total_steps(examples.len());
     if !quiet {
         eprintln!(
-            "training {} on {} lists ({} tokens on average): {} steps of {} lists, objective {}",
+            "training {} on {} lists ({} tokens on average): {}{} steps of {} lists, objective {}",
             reranker.name(),
             examples.len(),
             examples.iter().map(|e| e.tokens.len()).sum::<usize>() / examples.len(),
+            if opts.time_limit_s.is_some() {
+                "at most "
+            } else {
+                ""
+            },
             total,
             opts.grad_accum,
             opts.objective
         );
+        if let Some(t) = opts.time_limit_s {
+            eprintln!(
+                "time budget {t:.0} s: the step count is fixed from the pace of the warmup steps"
+            );
+        }
     }
     let bar = if quiet {
         ProgressBar::hidden()
@@ -509,6 +549,7 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
             )),
         ];
         let msg = parts.into_iter().flatten().collect::<Vec<_>>().join("  ");
+        bar.set_length(s.total_steps as u64);
         bar.set_position(s.step as u64);
         bar.set_message(msg.clone());
         if bar.is_hidden() || s.step.is_multiple_of(10) || s.step == s.total_steps {
@@ -619,6 +660,18 @@ mod tests {
             .contains("only 30 layers"));
         for bad in ["top:0", "top:x", "5-2", "a", "1,,2", ""] {
             assert!(parse_layer_spec(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("600").unwrap(), 600.0);
+        assert_eq!(parse_duration("90s").unwrap(), 90.0);
+        assert_eq!(parse_duration("2.5m").unwrap(), 150.0);
+        assert_eq!(parse_duration(" 2h ").unwrap(), 7200.0);
+        for bad in ["", "m", "0", "-5m", "ten", "5d", "nan"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains("positive duration"), "{bad}: {err}");
         }
     }
 }

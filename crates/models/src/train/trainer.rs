@@ -135,6 +135,12 @@ pub struct TrainOptions {
     pub epochs: usize,
     /// Stop after this many optimizer steps (else `epochs` over the data).
     pub max_steps: Option<usize>,
+    /// Wall-clock budget of the training loop in seconds (loading and
+    /// tokenizing excluded). The run stops after the last step that fits,
+    /// and the decay schedule is stretched over the steps the budget allows
+    /// at the measured pace, so the learning rate reaches its end value when
+    /// the time runs out rather than being cut off mid-schedule.
+    pub time_limit_s: Option<f64>,
     /// Examples per optimizer step.
     pub grad_accum: usize,
     /// Examples per forward pass (padded into one batch); a step runs
@@ -162,6 +168,7 @@ impl Default for TrainOptions {
             warmup_steps: 10,
             epochs: 1,
             max_steps: None,
+            time_limit_s: None,
             grad_accum: 8,
             micro_batch: 4,
             max_grad_norm: 1.0,
@@ -195,6 +202,12 @@ impl TrainOptions {
             self.ranking_weight >= 0.0,
             "ranking weight must not be negative"
         );
+        if let Some(t) = self.time_limit_s {
+            ensure!(
+                t > 0.0 && t.is_finite(),
+                "the time limit must be a positive number of seconds"
+            );
+        }
         Ok(())
     }
 
@@ -546,6 +559,107 @@ pub fn accumulate_batch_gradients(
     Ok(values)
 }
 
+/// Fits a run into a wall-clock budget. The step count is fixed once, at the
+/// end of the warmup (at least 3 steps in), from the pace of the steps
+/// after the first (which carries one-off costs such as CUDA kernel
+/// compilation): as many steps as fit in what is left, at most the planned
+/// number. Until then the warmup's learning rate does not depend on the
+/// count, so the same run replayed with `--max-steps` set to the count it
+/// reached follows the same schedule. Otherwise it only ends a run early:
+/// when the next step, at the mean pace or the last step's, would pass the
+/// budget.
+#[derive(Debug, Clone)]
+pub struct TimeBudget {
+    limit_s: f64,
+    fix_after: usize,
+    /// Steps of this invocation and the time they ended at.
+    done: usize,
+    first_step_end_s: f64,
+    last_step_end_s: f64,
+    fixed: bool,
+}
+
+impl TimeBudget {
+    pub fn new(limit_s: f64, warmup_steps: usize) -> Self {
+        Self {
+            limit_s,
+            fix_after: warmup_steps.max(3),
+            done: 0,
+            first_step_end_s: 0.0,
+            last_step_end_s: 0.0,
+            fixed: false,
+        }
+    }
+
+    /// After a step of this invocation ended at `now_s` (seconds since the
+    /// loop started), with `steps` taken in all (resumed ones included) and
+    /// `total` planned: the new total.
+    pub fn after_step(&mut self, steps: usize, total: usize, now_s: f64) -> usize {
+        self.done += 1;
+        if self.done == 1 {
+            self.first_step_end_s = now_s;
+        }
+        let pace = if self.done > 1 {
+            (now_s - self.first_step_end_s) / (self.done - 1) as f64
+        } else {
+            now_s
+        };
+        let last = now_s - self.last_step_end_s;
+        self.last_step_end_s = now_s;
+        if now_s + pace.max(last) > self.limit_s {
+            return steps.min(total);
+        }
+        if !self.fixed && self.done >= self.fix_after {
+            self.fixed = true;
+            let fitting = steps + ((self.limit_s - now_s) / pace).floor() as usize;
+            return fitting.clamp(steps, total);
+        }
+        total
+    }
+}
+
+/// Sets up a CUDA device for the training loop, best effort (a failure is
+/// logged, not fatal). Two of cudarc's defaults cost a training step dearly:
+/// - the device's default memory pool hands freed memory back to the driver
+///   at every synchronisation (release threshold 0), so the gigabyte-sized
+///   attention buffers of each layer are mapped afresh after every loss
+///   read; the threshold is raised so the pool keeps what it has;
+/// - every tensor records and waits on CUDA events at each use, which only
+///   multi-stream programs need; the loop runs on one stream, so tensors
+///   created from here on skip it.
+#[cfg(feature = "cuda")]
+fn prepare_training_device(device: &Device) {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let Device::Cuda(dev) = device else {
+        return;
+    };
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    let keep_pool = || -> std::result::Result<(), result::DriverError> {
+        ctx.bind_to_thread()?;
+        // SAFETY: the device handle comes from a live context, and the
+        // attribute takes a u64 by pointer.
+        unsafe {
+            let pool = result::device::get_default_mem_pool(ctx.cu_device())?;
+            let mut threshold = u64::MAX;
+            result::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+        }
+    };
+    if let Err(e) = keep_pool() {
+        tracing::warn!("could not raise the CUDA memory pool's release threshold: {e:?}");
+    }
+    // SAFETY: the training loop issues all its work from this thread on the
+    // device's one stream, so stream-ordered frees need no events.
+    unsafe { dev.disable_event_tracking() };
+}
+
+#[cfg(not(feature = "cuda"))]
+fn prepare_training_device(_device: &Device) {}
+
 /// Trains on `examples` and writes the adapter (or projections) into
 /// `out_dir`; with `resume`, continues from `out_dir/checkpoint`.
 pub fn train(
@@ -558,6 +672,7 @@ pub fn train(
 ) -> Result<TrainSummary> {
     opts.validate()?;
     ensure!(!examples.is_empty(), "no training examples");
+    prepare_training_device(reranker.model().device());
     let identifier_ids = reranker.identifier_ids().to_vec();
     let base_name = reranker.name().to_string();
     let base_model_id = reranker.base_model_id().to_string();
@@ -579,7 +694,7 @@ pub fn train(
     let vars = trainable.vars();
     let trainable_parameters = vars.iter().map(|v| v.elem_count()).sum();
     let mut opt = AdamW::new(vars.clone(), opts.weight_decay)?;
-    let total_steps = opts.total_steps(examples.len());
+    let mut total_steps = opts.total_steps(examples.len());
     let checkpoint = out_dir.join(CHECKPOINT_DIR);
     let mut consumed = 0usize;
     let mut tokens_seen = 0usize;
@@ -656,6 +771,9 @@ pub fn train(
     let mut last_loss = f64::NAN;
     let mut last_ranking: Option<(f64, f64)> = None;
     let mut epoch_cache: Option<(usize, Vec<usize>)> = None;
+    let mut time_budget = opts
+        .time_limit_s
+        .map(|limit| TimeBudget::new(limit, opts.warmup_steps));
     while opt.steps() < total_steps {
         let step = opt.steps();
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
@@ -733,6 +851,10 @@ pub fn train(
             step,
         );
         opt.step(&grads, lr)?;
+        if let Some(budget) = time_budget.as_mut() {
+            total_steps =
+                budget.after_step(opt.steps(), total_steps, started.elapsed().as_secs_f64());
+        }
         tokens_seen += step_tokens;
         last_loss = loss_sum / opts.grad_accum as f64;
         if rank_n > 0 {
@@ -853,4 +975,58 @@ fn write_checkpoint(
     std::fs::rename(&tmp, &dest)
         .with_context(|| format!("cannot write checkpoint {}", dest.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TimeBudget;
+
+    /// Feeds step end times to a budget; returns the totals it set.
+    fn run(budget: &mut TimeBudget, start_step: usize, total: usize, ends: &[f64]) -> Vec<usize> {
+        let mut total = total;
+        ends.iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                total = budget.after_step(start_step + i + 1, total, t);
+                total
+            })
+            .collect()
+    }
+
+    #[test]
+    fn time_budget_fixes_the_step_count_after_warmup() {
+        // 60 s budget, warmup 4; the first step takes 10 s (compilation),
+        // then 2 s each: at step 4 (16 s) 22 more fit → 26, then it holds.
+        let mut b = TimeBudget::new(60.0, 4);
+        let totals = run(&mut b, 0, 1000, &[10.0, 12.0, 14.0, 16.0, 18.0, 20.0]);
+        assert_eq!(totals, vec![1000, 1000, 1000, 26, 26, 26]);
+        // Never more than planned.
+        let mut b = TimeBudget::new(60.0, 4);
+        assert_eq!(
+            run(&mut b, 0, 10, &[10.0, 12.0, 14.0, 16.0]),
+            vec![10, 10, 10, 10]
+        );
+        // At least 3 steps are timed even without warmup.
+        let mut b = TimeBudget::new(60.0, 0);
+        assert_eq!(run(&mut b, 0, 1000, &[1.0, 2.0, 3.0]), vec![1000, 1000, 60]);
+        // A resumed run counts its own steps and pace.
+        let mut b = TimeBudget::new(60.0, 3);
+        assert_eq!(
+            run(&mut b, 100, 1000, &[5.0, 10.0, 15.0]),
+            vec![1000, 1000, 112]
+        );
+    }
+
+    #[test]
+    fn time_budget_stops_a_run_that_slows_down() {
+        let mut b = TimeBudget::new(60.0, 3);
+        let mut totals = run(&mut b, 0, 1000, &[2.0, 4.0, 6.0]);
+        assert_eq!(totals, vec![1000, 1000, 30]);
+        // Steps of 20 s from here: the next one would end past 60 s.
+        totals = run(&mut b, 3, 30, &[26.0, 46.0]);
+        assert_eq!(totals, vec![30, 5]);
+        // A budget spent before the count is fixed ends the run there.
+        let mut b = TimeBudget::new(5.0, 3);
+        assert_eq!(run(&mut b, 0, 1000, &[2.0, 4.0]), vec![1000, 2]);
+    }
 }
