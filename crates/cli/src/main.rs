@@ -42,6 +42,8 @@ enum Command {
     Index(retrieval::IndexArgs),
     /// First-stage retrieval (BM25, dense or hybrid) into candidates for `rerank`.
     Retrieve(retrieval::RetrieveArgs),
+    /// Extract keyword queries from sampled passages (synthetic topics + pseudo-qrels).
+    SynthQueries(retrieval::SynthQueriesArgs),
     /// Serve the rerank HTTP API (Cohere/Jina/TEI/llama.cpp-compatible) with one loaded model.
     Serve(Box<serve::ServeArgs>),
     /// Retrieve, rerank, relevance feedback, retrieve again: one config, every stage evaluated.
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(*args, cli.quiet),
         Command::Index(args) => retrieval::index(args, cli.quiet),
         Command::Retrieve(args) => retrieval::retrieve(args, cli.quiet),
+        Command::SynthQueries(args) => retrieval::synth_queries(args, cli.quiet),
         Command::Pipeline(args) => pipeline::run(args, cli.quiet),
         Command::Serve(args) => serve::run(*args),
     };

@@ -1,25 +1,29 @@
-//! `firstrank index` and `firstrank retrieve`: thin front ends over
-//! firstrank-retrieval (BM25 with tantivy, exact dense search with
-//! all-MiniLM-L6-v2, reciprocal-rank fusion). `retrieve` writes request JSONL
-//! that `rerank` reads directly.
+//! `firstrank index`, `firstrank retrieve` and `firstrank synth-queries`:
+//! thin front ends over firstrank-retrieval (BM25 with tantivy, exact dense
+//! search with all-MiniLM-L6-v2, reciprocal-rank fusion, keyword queries
+//! extracted from passages). `retrieve` writes request JSONL that `rerank`
+//! reads directly; `synth-queries` writes topics that `retrieve` reads.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use firstrank_core::formats::read_topics;
 use firstrank_models::embed::SentenceEncoder;
 use firstrank_models::fetch::ensure_model;
 use firstrank_retrieval::{
-    build_index, write_request_jsonl, write_trec_run, Bm25Params, DenseOptions, IndexOptions,
-    Method, Progress, RetrieveOptions, Retriever,
+    build_index, read_documents, synthesize, write_request_jsonl, write_synthetic, write_trec_run,
+    Bm25Params, DenseOptions, IndexOptions, Method, Progress, RetrieveOptions, Retriever,
+    SynthOptions,
 };
 
 use crate::progress::query_bar;
 
 #[derive(Args, Debug)]
 pub struct IndexArgs {
-    /// Corpus: JSONL {"docid"|"_id"|"id", "title"?, "text"|"contents"} or TSV docid<TAB>text.
+    /// Corpus: JSONL {"docid"|"_id"|"id", "title"?, "text"|"contents"} or TSV docid<TAB>text;
+    /// or a rank_llm candidates file (retrieve_results JSON or request JSONL), whose
+    /// passages are pooled (first occurrence of each docid kept).
     #[arg(long, value_name = "FILE")]
     pub corpus: PathBuf,
     /// Index directory to create (must not exist or be empty).
@@ -68,6 +72,35 @@ pub struct RetrieveArgs {
     /// TREC run of the same candidates.
     #[arg(long, value_name = "FILE")]
     pub output_trec: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SynthQueriesArgs {
+    /// Passages to extract from: a corpus (JSONL or TSV, as `index` reads) or a rank_llm
+    /// candidates file, whose passages are pooled.
+    #[arg(long, value_name = "FILE")]
+    pub corpus: PathBuf,
+    /// Queries to make, each from a different passage.
+    #[arg(long, value_name = "N")]
+    pub count: usize,
+    /// Topics to write: `qid<TAB>query` per line, qids synth-1, synth-2, ...
+    #[arg(long, short, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Also write TREC qrels `qid 0 docid 1` naming each query's source passage.
+    #[arg(long, value_name = "FILE")]
+    pub qrels: Option<PathBuf>,
+    /// Seed of the passage and term sampling.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Fewest terms per query.
+    #[arg(long, default_value_t = 3)]
+    pub min_terms: usize,
+    /// Most terms per query.
+    #[arg(long, default_value_t = 6)]
+    pub max_terms: usize,
+    /// Passages with fewer words are never sampled.
+    #[arg(long, default_value_t = 20)]
+    pub min_words: usize,
 }
 
 fn encoder() -> Result<SentenceEncoder> {
@@ -145,6 +178,37 @@ pub fn retrieve(args: RetrieveArgs, quiet: bool) -> Result<()> {
         eprintln!(
             "retrieved {} queries in {:.1}s",
             requests.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+pub fn synth_queries(args: SynthQueriesArgs, quiet: bool) -> Result<()> {
+    let options = SynthOptions {
+        count: args.count,
+        min_terms: args.min_terms,
+        max_terms: args.max_terms,
+        min_words: args.min_words,
+        seed: args.seed,
+    };
+    // Bad options fail before the corpus is read.
+    options.validate()?;
+    let started = std::time::Instant::now();
+    let docs = read_documents(&args.corpus)?;
+    let queries = synthesize(&docs, &options)
+        .with_context(|| format!("{}: extracting queries", args.corpus.display()))?;
+    write_synthetic(&queries, &args.output, args.qrels.as_deref())?;
+    if !quiet {
+        eprintln!(
+            "wrote {} queries from {} passages to {}{} in {:.1}s",
+            queries.len(),
+            docs.len(),
+            args.output.display(),
+            args.qrels
+                .as_ref()
+                .map(|q| format!(" (qrels: {})", q.display()))
+                .unwrap_or_default(),
             started.elapsed().as_secs_f64()
         );
     }

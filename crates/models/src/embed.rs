@@ -452,6 +452,43 @@ impl BiEncoderScorer {
     }
 }
 
+impl BiEncoderScorer {
+    /// [`BiEncoderScorer::scores`] with passage embeddings kept in `cache`
+    /// (keyed by the text encoded): labelling many queries over one pool of
+    /// passages (synthetic queries over a corpus) encodes each passage once.
+    pub fn scores_cached(
+        &self,
+        query: &str,
+        candidates: &[firstrank_core::Candidate],
+        cache: &mut std::collections::HashMap<String, Vec<f32>>,
+    ) -> Result<Vec<f32>> {
+        let texts: Vec<String> = candidates.iter().map(candidate_text).collect();
+        let mut missing: Vec<&str> = Vec::new();
+        for t in &texts {
+            if !cache.contains_key(t) && !missing.contains(&t.as_str()) {
+                missing.push(t);
+            }
+        }
+        let mut batch = Vec::with_capacity(missing.len() + 1);
+        batch.push(query);
+        batch.extend(missing.iter().copied());
+        let mut vecs = self.encoder.encode(&batch)?.into_iter();
+        let q = vecs
+            .next()
+            .context("the encoder returned no query vector")?;
+        for (t, v) in missing.into_iter().zip(vecs) {
+            cache.insert(t.to_string(), v);
+        }
+        texts
+            .iter()
+            .map(|t| {
+                let v = cache.get(t).context("passage embedding missing")?;
+                Ok(q.iter().zip(v).map(|(a, b)| a * b).sum())
+            })
+            .collect()
+    }
+}
+
 impl firstrank_core::window::WindowScorer for BiEncoderScorer {
     fn score_window(
         &mut self,

@@ -138,3 +138,45 @@ fn batched_equals_single() {
     }
     assert!(enc.encode(&[]).unwrap().is_empty());
 }
+
+#[test]
+fn cached_teacher_scores_equal_fresh_ones() {
+    use firstrank_models::embed::BiEncoderScorer;
+    let Some((encoder, fixture)) = setup() else {
+        return;
+    };
+    let texts: Vec<String> = fixture["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["text"].as_str().unwrap().to_string())
+        .collect();
+    let candidate = |i: usize| firstrank_core::Candidate {
+        docid: format!("d{i}"),
+        score: 0.0,
+        title: None,
+        text: texts[i % texts.len()].clone(),
+    };
+    let teacher = BiEncoderScorer { encoder };
+    let mut cache = std::collections::HashMap::new();
+    // Two queries over overlapping pools, one passage repeated within a pool:
+    // the second call encodes only the passages the first did not.
+    let pools: [Vec<_>; 2] = [
+        (0..4).chain([1]).map(candidate).collect(),
+        (2..7).map(candidate).collect(),
+    ];
+    for (query, pool) in ["what is a bi-encoder", "passage ranking"]
+        .iter()
+        .zip(&pools)
+    {
+        let fresh = teacher.scores(query, pool).unwrap();
+        let cached = teacher.scores_cached(query, pool, &mut cache).unwrap();
+        assert_eq!(fresh.len(), cached.len());
+        for (a, b) in fresh.iter().zip(&cached) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+    let distinct: std::collections::HashSet<&str> =
+        pools.iter().flatten().map(|c| c.text.as_str()).collect();
+    assert_eq!(cache.len(), distinct.len());
+}

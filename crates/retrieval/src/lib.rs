@@ -3,7 +3,8 @@
 //! tantivy scored with Anserini's MS MARCO settings, and optionally an exact
 //! dense index of all-MiniLM-L6-v2 embeddings) and retrieves candidates as
 //! `firstrank_core::Request`s, by BM25, dense search, or reciprocal-rank
-//! fusion of both.
+//! fusion of both. It also extracts synthetic keyword queries from a corpus
+//! ([`synthetic`]) for unsupervised domain adaptation.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -25,12 +26,14 @@ pub mod docstore;
 pub mod feedback;
 pub mod index;
 pub mod retrieve;
+pub mod synthetic;
 
 pub use bm25::Bm25Params;
-pub use corpus::Document;
+pub use corpus::{read_documents, Document};
 pub use index::{
     add_dense_index, build_index, DenseOptions, IndexOptions, Manifest, Progress, Stage,
 };
 pub use retrieve::{
     rrf, to_run, write_request_jsonl, write_trec_run, Method, RetrieveOptions, Retriever,
 };
+pub use synthetic::{synthesize, write_synthetic, SynthOptions, SyntheticQuery};

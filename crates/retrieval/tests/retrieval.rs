@@ -387,3 +387,112 @@ fn damaged_indexes_are_clear_errors() {
         .to_string();
     assert!(e.contains("no index here"), "{e}");
 }
+
+/// The passages of an index, in ordinal order (docid, indexed text).
+fn indexed_docs(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join("docs.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let text = v["text"].as_str().unwrap_or_default();
+            (v["docid"].as_str().unwrap().to_owned(), text.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn candidates_files_are_pooled_corpora() {
+    let tmp = tempfile::tempdir().unwrap();
+    // retrieve_results JSON: d2 comes back in the second query with another
+    // text (the first is kept), d1 twice within the first query.
+    let json = write(
+        tmp.path(),
+        "cands.json",
+        r#"[
+  {"query": "fleas", "hits": [
+    {"content": "fleas lay eggs", "qid": 1, "docid": "d1", "rank": 1, "score": 3.0},
+    {"content": "dogs have fleas", "qid": 1, "docid": "d2", "rank": 2, "score": 2.0},
+    {"content": "fleas again", "qid": 1, "docid": "d1", "rank": 3, "score": 1.0}]},
+  {"query": "cats", "hits": [
+    {"content": "cats hunt mice", "qid": 2, "docid": "d3", "rank": 1, "score": 3.0},
+    {"content": "another text for d2", "qid": 2, "docid": "d2", "rank": 2, "score": 2.0}]}
+]"#,
+    );
+    let dir = tmp.path().join("idx");
+    let m = build_index(&json, &dir, &IndexOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(m.corpus.num_docs, 3);
+    assert_eq!(m.corpus.bytes, std::fs::metadata(&json).unwrap().len());
+    let docs = indexed_docs(&dir);
+    let ids: Vec<&str> = docs.iter().map(|(d, _)| d.as_str()).collect();
+    assert_eq!(ids, ["d1", "d2", "d3"]);
+    assert_eq!(docs[1].1, "dogs have fleas");
+    let r = Retriever::open(&dir).unwrap();
+    let got = r
+        .retrieve(&[q("q", "mice")], &RetrieveOptions::default())
+        .unwrap();
+    assert_eq!(got[0].candidates[0].docid, "d3");
+
+    // The request JSONL that `retrieve` writes is a corpus too, pooled the same way.
+    let jsonl = tmp.path().join("cands.jsonl");
+    let reqs = r
+        .retrieve(
+            &[q("1", "fleas"), q("2", "cats fleas")],
+            &RetrieveOptions::default(),
+        )
+        .unwrap();
+    write_request_jsonl(&jsonl, &reqs).unwrap();
+    let dir2 = tmp.path().join("idx2");
+    let m = build_index(&jsonl, &dir2, &IndexOptions::default(), &mut |_| {}).unwrap();
+    let mut want: Vec<String> = Vec::new();
+    for c in reqs.iter().flat_map(|r| &r.candidates) {
+        if !want.contains(&c.docid) {
+            want.push(c.docid.clone());
+        }
+    }
+    assert_eq!(m.corpus.num_docs as usize, want.len());
+    let got: Vec<String> = indexed_docs(&dir2).into_iter().map(|(d, _)| d).collect();
+    assert_eq!(got, want);
+
+    // A corpus JSONL whose lines happen to have a `query` field stays a corpus.
+    let corpus = write(
+        tmp.path(),
+        "odd.jsonl",
+        "{\"docid\": \"a\", \"query\": \"x\", \"text\": \"alpha\"}\n",
+    );
+    let m = build_index(
+        &corpus,
+        &tmp.path().join("idx3"),
+        &IndexOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(m.corpus.num_docs, 1);
+
+    // Errors name the file.
+    let e = build_err("[]", "none.json");
+    assert!(e.contains("none.json") && e.contains("no passages"), "{e}");
+    let e = build_err(
+        "[{\"query\": \"q\", \"hits\": [{\"content\": \"\", \"qid\": 1, \"docid\": \"x\", \"score\": 1}]}]",
+        "blank.json",
+    );
+    assert!(
+        e.contains("blank.json") && e.contains("query 1") && e.contains("empty text"),
+        "{e}"
+    );
+    let e = build_err(
+        "{\"query\": {\"text\": \"q\", \"qid\": \"1\"}, \"candidates\": [{\"docid\": \"x\", \"score\": 1}]}\n",
+        "nodoc.jsonl",
+    );
+    assert!(
+        e.contains("nodoc.jsonl: line 1") && e.contains("doc"),
+        "{e}"
+    );
+    let e = build_err("[{\"query\": \"q\", \"hits\": [", "cut.json");
+    assert!(e.contains("cut.json"), "{e}");
+    let e = build_err("1 Q0 d1 1 2.5 bm25\n", "run.trec");
+    assert!(
+        e.contains("run.trec: line 1") && e.contains("looks like a TREC run"),
+        "{e}"
+    );
+}
