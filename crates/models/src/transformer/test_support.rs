@@ -1,4 +1,4 @@
-//! Helpers shared by the unit tests of the CPU kernels: the plain additive
+//! Helpers shared by the unit tests of the CPU kernels and the training softmax: the plain additive
 //! attention mask they are checked against, and the distance between results.
 
 use candle_core::{Device, Tensor};

@@ -86,7 +86,8 @@ fn check_shapes(scores: &Layout, probs: &Layout) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, IndexOp, Var};
+    use crate::transformer::test_support::{additive_mask, max_abs_diff};
+    use candle_core::{DType, Device, IndexOp, Var};
 
     /// Gradients of `sum(w ⊙ softmax(x))` through both softmaxes.
     fn grads(x: &Tensor, w: &Tensor, fused: bool) -> (Tensor, Tensor) {
@@ -101,66 +102,35 @@ mod tests {
         (y, g)
     }
 
+    /// Both softmaxes and their gradients agree on `x` with weights `w`.
+    fn assert_matches_composed(x: &Tensor, w: &Tensor) -> Tensor {
+        let (y_ref, g_ref) = grads(x, w, false);
+        let (y, g) = grads(x, w, true);
+        let (dy, dg) = (max_abs_diff(&y, &y_ref), max_abs_diff(&g, &g_ref));
+        assert!(dy < 1e-6, "forward differs by {dy}");
+        assert!(dg < 1e-5, "gradient differs by {dg}");
+        g
+    }
+
     #[test]
     fn matches_the_composed_softmax_and_its_gradient() {
         let dev = Device::Cpu;
-        // Leading batch/head dimensions, masked keys as in causal attention.
-        let x = Tensor::randn(0f32, 3f32, (2, 3, 5, 7), &dev).unwrap();
-        let mask: Vec<f32> = (0..5)
-            .flat_map(|q| (0..7).map(move |k| if k > q + 2 { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (5, 7), &dev).unwrap();
-        let x = x.broadcast_add(&mask).unwrap();
-        let w = Tensor::randn(0f32, 1f32, (2, 3, 5, 7), &dev).unwrap();
-        let (y_ref, g_ref) = grads(&x, &w, false);
-        let (y, g) = grads(&x, &w, true);
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        assert!(
-            diff(&y, &y_ref) < 1e-6,
-            "forward differs: {}",
-            diff(&y, &y_ref)
-        );
-        assert!(
-            diff(&g, &g_ref) < 1e-5,
-            "gradient differs: {}",
-            diff(&g, &g_ref)
-        );
-        // Masked keys get no probability and no gradient.
-        let masked: f32 = g
-            .i((.., .., 0, 3..))
+        // Leading batch/head dimensions, keys masked as in causal attention
+        // (query q sees keys 0..=q + 2).
+        let mask = additive_mask(5, 7, |q| (0, q + 2));
+        let x = Tensor::randn(0f32, 3f32, (2, 3, 5, 7), &dev)
             .unwrap()
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar()
+            .broadcast_add(&mask)
             .unwrap();
-        assert_eq!(masked, 0.0);
+        let w = Tensor::randn(0f32, 1f32, (2, 3, 5, 7), &dev).unwrap();
+        let g = assert_matches_composed(&x, &w);
+        // Masked keys get no gradient.
+        let masked = g.i((.., .., 0, 3..)).unwrap().abs().unwrap();
+        assert_eq!(masked.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
         // A gradient that is constant along the last dimension cancels.
-        let (_, g_const) = grads(
-            &x,
-            &Tensor::ones((2, 3, 5, 7), candle_core::DType::F32, &dev).unwrap(),
-            true,
-        );
-        assert!(
-            g_const
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                < 1e-6
-        );
+        let ones = Tensor::ones((2, 3, 5, 7), DType::F32, &dev).unwrap();
+        let (_, g_const) = grads(&x, &ones, true);
+        assert!(max_abs_diff(&g_const, &ones.zeros_like().unwrap()) < 1e-6);
     }
 
     #[test]
@@ -171,18 +141,6 @@ mod tests {
             .t()
             .unwrap();
         let w = Tensor::randn(0f32, 1f32, (6, 4), &dev).unwrap();
-        let (y_ref, g_ref) = grads(&x, &w, false);
-        let (y, g) = grads(&x, &w, true);
-        let d = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        assert!(d(&y, &y_ref) < 1e-6 && d(&g, &g_ref) < 1e-5);
+        assert_matches_composed(&x, &w);
     }
 }
