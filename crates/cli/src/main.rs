@@ -84,6 +84,10 @@ fn main() -> ExitCode {
     if !firstrank_models::cpu_alloc::keep_freed_memory() {
         tracing::debug!("malloc thresholds not changed (not glibc)");
     }
+    if !matches!(cli.command, Command::Serve(_)) {
+        // `serve` shuts down gracefully on these signals itself.
+        remove_unfinished_outputs_on_interrupt();
+    }
     let result = match cli.command {
         Command::Rerank(args) => rerank::run(*args, cli.quiet),
         Command::Eval(args) => eval::run(args, cli.quiet),
@@ -106,6 +110,37 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// On Ctrl-C, SIGTERM or SIGHUP, deletes the temp files of outputs still being
+/// written and exits as the signal would have (128 + its number), so an
+/// interrupted command leaves its outputs as they were and no temp files
+/// beside them. (`rerank`'s `.partial` progress files are not temp files:
+/// they stay, for `--resume`.)
+#[cfg(unix)]
+fn remove_unfinished_outputs_on_interrupt() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::warn!(
+                "cannot watch for interrupts ({err}); an interrupted command may leave temp files"
+            );
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let removed = firstrank_core::formats::remove_unfinished_outputs();
+            if removed > 0 {
+                eprintln!("interrupted: removed {removed} unfinished output(s)");
+            }
+            std::process::exit(128 + signal);
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn remove_unfinished_outputs_on_interrupt() {}
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@ mod support;
 
 use std::path::Path;
 
-use support::{firstrank, p, shared, stderr, stdout, trec_metric as metric};
+use support::{firstrank, minilm_available, p, shared, stderr, stdout, trec_metric as metric};
 
 #[test]
 fn eval_reproduces_anserini_bm25_on_dl19_and_dl20() {
@@ -739,4 +739,59 @@ fn training_commands_reject_bad_configs_clearly() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("missing.jsonl"), "{}", stderr(&o));
     assert!(!adapter.exists());
+}
+
+/// SIGTERM in the middle of `label` (the dense teacher encoding DL19's
+/// passages, its output's temp file open): exit 143, and the output
+/// directory is left as it was, with no temp file in it.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_command_leaves_no_output_and_no_temp_file() {
+    let Some(s) = shared() else { return };
+    if !minilm_available() {
+        eprintln!("skipping: the minilm model is not cached");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("lists.jsonl");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("firstrank"))
+        .args([
+            "label",
+            "-q",
+            "--input",
+            p(&s.join("data/dl19/bm25-top100.json")),
+            "--teacher",
+            "dense",
+            "--output",
+            p(&out),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let entries = || std::fs::read_dir(tmp.path()).unwrap().count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while entries() == 0 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "label ended before it could be interrupted"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temp file appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("interrupted: removed 1 unfinished output"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(entries(), 0, "nothing left in the output directory");
 }

@@ -8,7 +8,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::{firstrank, p, stderr};
+use support::{firstrank, minilm_available, p, stderr};
 
 const DOCS: [(&str, &str); 12] = [
     (
@@ -110,13 +110,6 @@ impl Bed {
         std::fs::write(&c, text).unwrap();
         c
     }
-}
-
-fn minilm_available() -> bool {
-    if std::env::var("FIRSTRANK_FETCH_MODELS").as_deref() == Ok("1") {
-        return true;
-    }
-    firstrank_models::fetch::default_model("minilm").is_some_and(|m| m.cached_path().exists())
 }
 
 fn summary(out: &Path) -> serde_json::Value {

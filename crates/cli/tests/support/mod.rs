@@ -22,6 +22,15 @@ pub fn shared() -> Option<PathBuf> {
     }
 }
 
+/// Whether the MiniLM encoder can be loaded: cached, or FIRSTRANK_FETCH_MODELS=1
+/// lets the tests download it.
+pub fn minilm_available() -> bool {
+    if std::env::var("FIRSTRANK_FETCH_MODELS").as_deref() == Ok("1") {
+        return true;
+    }
+    firstrank_models::fetch::default_model("minilm").is_some_and(|m| m.cached_path().exists())
+}
+
 /// Runs the `firstrank` binary with `args`.
 pub fn firstrank(args: &[&str]) -> Output {
     Command::cargo_bin("firstrank")

@@ -22,7 +22,9 @@
 //!
 //! [`AtomicWriter`] writes a temp file in the target's directory and renames
 //! it into place on [`AtomicWriter::commit`]; dropped without commit, the temp
-//! file is removed and the target is untouched.
+//! file is removed and the target is untouched. A signal skips destructors, so
+//! open writers' temp files are also listed for [`remove_unfinished_outputs`],
+//! which the CLI calls on Ctrl-C or SIGTERM before exiting.
 //!
 //! A long rerank should survive an interruption, but an atomic output only
 //! appears at the end. So [`OutputSink`] writes each output's progress to
@@ -46,6 +48,7 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use tempfile::NamedTempFile;
@@ -211,10 +214,57 @@ pub fn format_request_jsonl(request: &Request) -> Result<String> {
 
 /// Writes `target` all at once: a temp file in the same directory, renamed
 /// into place by [`commit`](Self::commit). Dropped uncommitted, the temp file
-/// is deleted and `target` is left as it was.
+/// is deleted and `target` is left as it was; a process stopped by a signal
+/// deletes it through [`remove_unfinished_outputs`].
 pub struct AtomicWriter {
     target: PathBuf,
     inner: BufWriter<NamedTempFile>,
+    _registration: OpenTempFile,
+}
+
+/// Temp files of the [`AtomicWriter`]s open in this process. A signal ends a
+/// process without running destructors, so the CLI's interrupt handler
+/// deletes these by name instead.
+static OPEN_TEMP_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn open_temp_files() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    OPEN_TEMP_FILES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A temp file's entry in [`OPEN_TEMP_FILES`], removed when dropped (after a
+/// commit's rename, or with the uncommitted writer).
+struct OpenTempFile(PathBuf);
+
+impl OpenTempFile {
+    fn register(path: &Path) -> Self {
+        open_temp_files().push(path.to_path_buf());
+        Self(path.to_path_buf())
+    }
+}
+
+impl Drop for OpenTempFile {
+    fn drop(&mut self) {
+        let mut open = open_temp_files();
+        if let Some(i) = open.iter().position(|p| *p == self.0) {
+            open.swap_remove(i);
+        }
+    }
+}
+
+/// Deletes the temp files of every [`AtomicWriter`] still open, so that a
+/// process about to exit on a signal leaves neither a partial output nor a
+/// temp file behind. Their targets stay as they were; a writer that commits
+/// afterwards fails instead of renaming. Returns how many were deleted.
+pub fn remove_unfinished_outputs() -> usize {
+    let mut open = open_temp_files();
+    let removed = open
+        .iter()
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .count();
+    open.clear();
+    removed
 }
 
 impl AtomicWriter {
@@ -238,6 +288,7 @@ impl AtomicWriter {
         let tmp = builder.tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(Self {
             target,
+            _registration: OpenTempFile::register(tmp.path()),
             inner: BufWriter::with_capacity(1 << 16, tmp),
         })
     }
@@ -248,9 +299,12 @@ impl AtomicWriter {
 
     /// Flushes, syncs and renames the temp file onto the target.
     pub fn commit(self) -> Result<()> {
-        let target = self.target;
-        let tmp = self
-            .inner
+        let Self {
+            target,
+            inner,
+            _registration,
+        } = self;
+        let tmp = inner
             .into_inner()
             .map_err(|e| Error::io(&target, e.into_error()))?;
         tmp.as_file()
@@ -268,6 +322,13 @@ impl Write for AtomicWriter {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Formats that patch a header after writing the body (GGUF) seek back.
+impl std::io::Seek for AtomicWriter {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
     }
 }
 

@@ -17,10 +17,12 @@
 //! checkpoint of the same model.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use firstrank_core::formats::AtomicWriter;
 use firstrank_core::significance::SplitMix64;
 use serde::{Deserialize, Serialize};
 
@@ -458,16 +460,12 @@ impl LoraSet {
     }
 
     /// Writes `adapter_config.json` and `adapter_model.safetensors` into
-    /// `dir` (created if needed), each through a temporary file and a rename.
+    /// `dir` (created if needed), each written atomically.
     pub fn save(&self, dir: &Path, dtype: DType, base_model: &str) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create adapter directory {}", dir.display()))?;
         let tensors = self.named_tensors(dtype)?;
-        let weights = dir.join(ADAPTER_WEIGHTS);
-        let tmp = dir.join(format!(".{ADAPTER_WEIGHTS}.tmp"));
-        super::save_safetensors(&tensors, &tmp)?;
-        std::fs::rename(&tmp, &weights)
-            .with_context(|| format!("cannot write {}", weights.display()))?;
+        super::save_safetensors(&tensors, &dir.join(ADAPTER_WEIGHTS))?;
         let config = AdapterConfigFile {
             peft_type: "LORA".into(),
             task_type: "CAUSAL_LM".into(),
@@ -492,10 +490,10 @@ impl LoraSet {
                 .map(|_| LayerSelection::Many(self.layers())),
         };
         let path = dir.join(ADAPTER_CONFIG);
-        let tmp = dir.join(format!(".{ADAPTER_CONFIG}.tmp"));
-        std::fs::write(&tmp, serde_json::to_string_pretty(&config)? + "\n")
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        let mut out = AtomicWriter::create(&path)?;
+        out.write_all((serde_json::to_string_pretty(&config)? + "\n").as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        out.commit()?;
         Ok(())
     }
 

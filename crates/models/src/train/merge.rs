@@ -63,7 +63,7 @@ fn gguf_projection(name: &str) -> Option<(usize, LoraTarget)> {
 }
 
 /// Writes `base` with the adapter in `adapter_dir` merged into `out`
-/// (through a temporary file and a rename). Returns how many projections
+/// (atomically: a failed or interrupted write leaves no file). Returns how many projections
 /// were merged.
 pub fn merge_into_gguf(
     base: &Path,
@@ -113,17 +113,9 @@ pub fn merge_into_gguf(
         .map(|(k, v)| (k.as_str(), v))
         .collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
-    let tmp = out.with_extension("gguf.tmp");
-    {
-        let mut w = std::io::BufWriter::new(
-            std::fs::File::create(&tmp)
-                .with_context(|| format!("cannot create {}", tmp.display()))?,
-        );
-        gguf_file::write(&mut w, &metadata, &tensor_refs)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        use std::io::Write;
-        w.flush()?;
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+    let mut w = firstrank_core::formats::AtomicWriter::create(out)?;
+    gguf_file::write(&mut w, &metadata, &tensor_refs)
+        .with_context(|| format!("writing {}", out.display()))?;
+    w.commit()?;
     Ok(count)
 }

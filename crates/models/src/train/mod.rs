@@ -21,20 +21,22 @@ pub use trainer::{
     prepare_example, train, AdapterKind, PreparedExample, StepReport, TrainOptions, TrainSummary,
 };
 
-/// Writes `tensors` as a safetensors file readable like any other output
-/// (the safetensors crate writes through a private 0600 temporary file).
+/// Writes `tensors` as a safetensors file at `path`, atomically (firstrank's
+/// [`AtomicWriter`](firstrank_core::formats::AtomicWriter): a temp file renamed
+/// into place, removed on an error or an interrupt) and readable like any other
+/// output (0644). The file is serialized in memory first: adapters and
+/// checkpoints are megabytes; a full fine-tune of a small model, a few hundred.
 pub(crate) fn save_safetensors(
     tensors: &std::collections::HashMap<String, candle_core::Tensor>,
     path: &std::path::Path,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    candle_core::safetensors::save(tensors, path)
+    use std::io::Write;
+    let bytes = safetensors::serialize(tensors, None)
+        .with_context(|| format!("cannot serialize {}", path.display()))?;
+    let mut out = firstrank_core::formats::AtomicWriter::create(path)?;
+    out.write_all(&bytes)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("cannot set the permissions of {}", path.display()))?;
-    }
+    out.commit()?;
     Ok(())
 }

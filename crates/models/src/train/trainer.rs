@@ -896,9 +896,7 @@ pub fn train(
         Trainable::Lora(s) => s.save(out_dir, DType::F16, &base_model_id)?,
         Trainable::Full(vars) => {
             let tensors = full_named_tensors(reranker.model(), vars, DType::F16)?;
-            let tmp = out_dir.join(format!(".{FULL_WEIGHTS}.tmp"));
-            super::save_safetensors(&tensors, &tmp)?;
-            std::fs::rename(&tmp, out_dir.join(FULL_WEIGHTS))?;
+            super::save_safetensors(&tensors, &out_dir.join(FULL_WEIGHTS))?;
         }
     }
     let summary = TrainSummary {
