@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use firstrank_core::formats::output::AtomicWriter;
+use firstrank_core::formats::write_atomically;
 use firstrank_core::formats::{open_requests, InputSpec};
 use firstrank_core::window::{rerank, WindowScorer, WindowStrategy};
 use firstrank_core::Request;
@@ -272,10 +272,8 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
         }
     }
     if let Some(path) = &args.json {
-        let mut w = AtomicWriter::create(path)?;
-        use std::io::Write;
-        writeln!(w, "{}", serde_json::to_string_pretty(&report)?)?;
-        w.commit()?;
+        let json = serde_json::to_string_pretty(&report)? + "\n";
+        write_atomically(path, json.as_bytes())?;
     }
     Ok(())
 }

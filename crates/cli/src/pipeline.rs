@@ -32,7 +32,9 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Args, Parser};
-use firstrank_core::formats::{detect_format, read_requests, read_topics, AtomicWriter};
+use firstrank_core::formats::{
+    detect_format, read_requests, read_topics, write_atomically, AtomicWriter,
+};
 use firstrank_core::formats::{InputFormat, InputSpec};
 use firstrank_core::metrics::{evaluate, EvalConfig, Metric, Run};
 use firstrank_core::qrels::Qrels;
@@ -879,11 +881,8 @@ fn write_summary(cfg: &Config, rows: &[Row]) -> Result<()> {
             })
         })
         .collect();
-    let mut w = AtomicWriter::create(cfg.output_dir.join("summary.json"))?;
-    w.write_all(&serde_json::to_vec_pretty(
-        &serde_json::json!({ "stages": stages }),
-    )?)?;
-    w.write_all(b"\n")?;
-    w.commit()?;
+    let mut json = serde_json::to_vec_pretty(&serde_json::json!({ "stages": stages }))?;
+    json.push(b'\n');
+    write_atomically(cfg.output_dir.join("summary.json"), &json)?;
     Ok(())
 }

@@ -115,11 +115,9 @@ impl Manifest {
 
     /// Writes `<dir>/manifest.json` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let mut w = firstrank_core::formats::AtomicWriter::create(dir.join(MANIFEST_FILE))?;
-        use std::io::Write;
-        w.write_all(&serde_json::to_vec_pretty(self)?)?;
-        w.write_all(b"\n")?;
-        w.commit()?;
+        let mut json = serde_json::to_vec_pretty(self)?;
+        json.push(b'\n');
+        firstrank_core::formats::write_atomically(dir.join(MANIFEST_FILE), &json)?;
         Ok(())
     }
 }

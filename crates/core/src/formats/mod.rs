@@ -69,8 +69,8 @@ use serde::Deserialize;
 use crate::{Candidate, Error, Request, Result};
 
 pub use output::{
-    completed_qids, format_request_jsonl, remove_unfinished_outputs, AtomicWriter, OutputConfig,
-    OutputKind, OutputSink,
+    completed_qids, format_request_jsonl, remove_unfinished_outputs, write_atomically,
+    AtomicWriter, OutputConfig, OutputKind, OutputSink,
 };
 pub use trec::{read_corpus_subset, read_topics, read_trec_run, RunEntry};
 

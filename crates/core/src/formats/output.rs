@@ -325,6 +325,15 @@ impl Write for AtomicWriter {
     }
 }
 
+/// Writes the whole of `bytes` to `target` through an [`AtomicWriter`]: the
+/// target appears complete or not at all.
+pub fn write_atomically(target: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    let target = target.as_ref();
+    let mut w = AtomicWriter::create(target)?;
+    w.write_all(bytes).map_err(|e| Error::io(target, e))?;
+    w.commit()
+}
+
 /// Formats that patch a header after writing the body (GGUF) seek back.
 impl std::io::Seek for AtomicWriter {
     fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {

@@ -17,12 +17,11 @@
 //! checkpoint of the same model.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use firstrank_core::formats::AtomicWriter;
+use firstrank_core::formats::write_atomically;
 use firstrank_core::significance::SplitMix64;
 use serde::{Deserialize, Serialize};
 
@@ -489,11 +488,8 @@ impl LoraSet {
                 .as_ref()
                 .map(|_| LayerSelection::Many(self.layers())),
         };
-        let path = dir.join(ADAPTER_CONFIG);
-        let mut out = AtomicWriter::create(&path)?;
-        out.write_all((serde_json::to_string_pretty(&config)? + "\n").as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        out.commit()?;
+        let json = serde_json::to_string_pretty(&config)? + "\n";
+        write_atomically(dir.join(ADAPTER_CONFIG), json.as_bytes())?;
         Ok(())
     }
 

@@ -31,12 +31,8 @@ pub(crate) fn save_safetensors(
     path: &std::path::Path,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    use std::io::Write;
     let bytes = safetensors::serialize(tensors, None)
         .with_context(|| format!("cannot serialize {}", path.display()))?;
-    let mut out = firstrank_core::formats::AtomicWriter::create(path)?;
-    out.write_all(&bytes)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    out.commit()?;
+    firstrank_core::formats::write_atomically(path, &bytes)?;
     Ok(())
 }
