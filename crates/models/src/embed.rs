@@ -445,14 +445,9 @@ impl BiEncoderScorer {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let vecs = self.encoder.encode(&refs)?;
         let q = &vecs[0];
-        Ok(vecs[1..]
-            .iter()
-            .map(|v| q.iter().zip(v).map(|(a, b)| a * b).sum())
-            .collect())
+        Ok(vecs[1..].iter().map(|v| cosine_of_unit(q, v)).collect())
     }
-}
 
-impl BiEncoderScorer {
     /// [`BiEncoderScorer::scores`] with passage embeddings kept in `cache`
     /// (keyed by the text encoded): labelling many queries over one pool of
     /// passages (synthetic queries over a corpus) encodes each passage once.
@@ -483,10 +478,15 @@ impl BiEncoderScorer {
             .iter()
             .map(|t| {
                 let v = cache.get(t).context("passage embedding missing")?;
-                Ok(q.iter().zip(v).map(|(a, b)| a * b).sum())
+                Ok(cosine_of_unit(&q, v))
             })
             .collect()
     }
+}
+
+/// Cosine of two L2-normalised vectors: their dot product.
+fn cosine_of_unit(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 impl firstrank_core::window::WindowScorer for BiEncoderScorer {
