@@ -131,9 +131,17 @@ impl PaddedBatch {
     }
 }
 
-/// Queries per block of the block-causal inference attention (chunks longer
-/// than this skip the keys a block cannot see).
+/// Queries per block of the bf16 CPU attention op, and of the block-causal
+/// inference attention on CUDA (chunks longer than a block skip the keys the
+/// block cannot see).
 const ATTENTION_BLOCK: usize = 256;
+
+/// Queries per block of the block-causal f32 attention on the CPU: smaller
+/// blocks compute fewer masked scores (a block wastes about half a block of
+/// keys per query), and at 128 the products over a 1.8k-token SmolLM2 prompt
+/// still run at full speed; 128 was 4 % faster per window than 256 and
+/// level with 64 on a Zen 3 (BENCHMARKS.md, "CPUs without AVX512-BF16").
+const CPU_F32_ATTENTION_BLOCK: usize = 128;
 
 /// Largest total size of projections packed for bf16 prefill at load (1 GiB:
 /// the +212 MB of SmolLM2-135M's, +180 MB of Gemma-3-270M's). Packing ahead
@@ -994,7 +1002,7 @@ impl CausalLm {
     /// Runs one chunk and returns the hidden states of all its positions
     /// before the final norm, `[tokens, hidden]`; of the last position only,
     /// `[1, hidden]`, when `last_chunk` and the final layer can skip the
-    /// others (the bf16 CPU path).
+    /// others (CPU inference with the fused softmax).
     fn forward_chunk(
         &self,
         tokens: &[u32],
@@ -1096,10 +1104,11 @@ impl CausalLm {
         };
         let h = norm(x, &layer.attn_norm)?;
         // Only the last position's output is wanted: its queries alone go
-        // through attention and the MLP (the bf16 CPU path, where a row's
-        // result does not depend on the other rows).
+        // through attention and the MLP (CPU inference with the fused
+        // softmax; in bf16 a row's result does not depend on the other rows,
+        // in f32 it matches the full pass to rounding).
         let last_only =
-            last_only && batch == 1 && train.is_none() && !kernel && self.bf16_attention();
+            last_only && batch == 1 && train.is_none() && !kernel && self.fused_softmax();
         let mut a = self.attention(
             layer,
             &h,
@@ -1244,13 +1253,31 @@ impl CausalLm {
         } else {
             (k_all, v_all)
         };
-        ensure!(
-            !last_only,
-            "last-position attention needs the bf16 CPU path"
-        );
         let tk = total - k0;
         let group = nh / nkv;
-        if !train && s > ATTENTION_BLOCK {
+        if last_only {
+            // One query per head against all visible keys: the fused softmax
+            // with a single row per head.
+            ensure!(
+                !train && self.fused_softmax(),
+                "last-position attention needs the fused CPU softmax"
+            );
+            let q = q.reshape((batch, nkv, group, hd))?;
+            let probs = softmax::causal_softmax(
+                &q.matmul(&k_use.t()?)?,
+                softmax::CausalRows {
+                    rows: 1,
+                    first_query_key: tk - 1,
+                    window: layer.spec.sliding_window,
+                    scale: c.attn_scale as f32,
+                },
+            )?;
+            let out = probs
+                .matmul(&v_use.contiguous()?)?
+                .reshape((batch, nh * hd))?;
+            return with_bias(proj(LoraTarget::O, &layer.wo, &out)?, &layer.bo);
+        }
+        if !train && s > self.attention_block() {
             let out = self.block_causal_attention(
                 layer,
                 &q,
@@ -1305,7 +1332,7 @@ impl CausalLm {
     }
 
     /// Inference attention for a long chunk, one block of
-    /// [`ATTENTION_BLOCK`] queries at a time over only the keys some query
+    /// [`CausalLm::attention_block`] queries at a time over only the keys some query
     /// of the block can see (causal, and the sliding window where the layer
     /// has one). Skipping the masked keys halves the score and softmax work
     /// of a prefill and keeps each score matrix small; the result equals the
@@ -1325,9 +1352,10 @@ impl CausalLm {
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let group = nh / nkv;
         let q = q.reshape((batch, nkv, group, s, hd))?;
-        let mut outs = Vec::with_capacity(s.div_ceil(ATTENTION_BLOCK));
-        for q0 in (0..s).step_by(ATTENTION_BLOCK) {
-            let len = ATTENTION_BLOCK.min(s - q0);
+        let block = self.attention_block();
+        let mut outs = Vec::with_capacity(s.div_ceil(block));
+        for q0 in (0..s).step_by(block) {
+            let len = block.min(s - q0);
             let first_key = match layer.spec.sliding_window {
                 Some(w) => (offset + q0 + 1).saturating_sub(w),
                 None => 0,
@@ -1373,6 +1401,15 @@ impl CausalLm {
             .reshape((batch, nh, s, hd))?
             .transpose(1, 2)?
             .reshape((batch * s, nh * hd))?)
+    }
+
+    /// Queries per block of [`CausalLm::block_causal_attention`].
+    fn attention_block(&self) -> usize {
+        if self.device.is_cpu() {
+            CPU_F32_ATTENTION_BLOCK
+        } else {
+            ATTENTION_BLOCK
+        }
     }
 
     /// Whether inference attention uses the fused CPU softmax (`softmax`
