@@ -738,6 +738,13 @@ fn training_commands_reject_bad_configs_clearly() {
     let o = firstrank(&["train", "--data", p(&missing), "--output", p(&adapter)]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("missing.jsonl"), "{}", stderr(&o));
+    // The OS error is said once, not again as the error's cause.
+    assert_eq!(
+        stderr(&o).matches("No such file").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
     assert!(!adapter.exists());
 }
 

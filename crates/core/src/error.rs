@@ -15,12 +15,13 @@ pub enum Error {
         location: String,
         message: String,
     },
-    /// An I/O failure on a named file.
-    #[error("{}: {source}", path.display())]
+    /// An I/O failure on a named file. The OS error is part of the message
+    /// and deliberately not a `source`, so that printing the error chain
+    /// (`{:#}`) does not repeat it.
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A bad argument or configuration value (not tied to a file).
     #[error("{0}")]
@@ -40,10 +41,10 @@ impl Error {
         }
     }
 
-    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+    pub fn io(path: impl AsRef<Path>, cause: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            cause,
         }
     }
 }
