@@ -116,7 +116,7 @@ def cache(args):
 
 class LastLayerHead:
     """Layer 29 + final norm + identifier rows of the (tied) embedding, evaluated at the last
-    position only; LoRA (r=16, alpha 32) on its seven projections."""
+    position only; LoRA on its seven projections, scaled as the bundled adapter's config says."""
 
     def __init__(self, fresh, dropout):
         from safetensors.torch import load_file
@@ -130,10 +130,11 @@ class LastLayerHead:
             p.requires_grad_(False)
         self.cfg, self.layer, self.rope = base.config, base.model.layers[LAYER], base.model.rotary_emb
         self.apply_rope = apply_rotary_pos_emb
-        self.final_norm = base.model.norm.weight
+        self.final_norm = base.model.norm
         head = base.model.embed_tokens if base.config.tie_word_embeddings else base.lm_head
         self.identifiers = head.weight[rr.letter_ids].detach()
-        self.dropout, self.scale = dropout, 32.0 / 16
+        config = json.load(open(os.path.join(ADAPTER, "adapter_config.json")))
+        self.dropout, self.scale = dropout, config["lora_alpha"] / config["r"]
         attn, mlp = self.layer.self_attn, self.layer.mlp
         self.proj = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj, "o": attn.o_proj,
                      "gate": mlp.gate_proj, "up": mlp.up_proj, "down": mlp.down_proj}
@@ -156,16 +157,12 @@ class LastLayerHead:
         xd = F.dropout(x, self.dropout, train)
         return self.proj[name](x) + (xd @ a.T) @ b.T * self.scale
 
-    @staticmethod
-    def rms(x, w, eps):
-        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-
     def __call__(self, h, train):
         """h: [positions, hidden] input of layer 29 -> the 20 identifier logits."""
         c, n = self.cfg, h.shape[0]
         hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         nh, nkv = c.num_attention_heads, c.num_key_value_heads
-        x = self.rms(h, self.layer.input_layernorm.weight, c.rms_norm_eps)
+        x = self.layer.input_layernorm(h)
         k = self.linear("k", x, train).view(n, nkv, hd).transpose(0, 1)[None]
         v = self.linear("v", x, train).view(n, nkv, hd).transpose(0, 1)
         q = self.linear("q", x[-1:], train).view(1, nh, hd).transpose(0, 1)[None]
@@ -176,9 +173,9 @@ class LastLayerHead:
         k, v = k[0].repeat_interleave(group, 0), v.repeat_interleave(group, 0)
         probs = torch.softmax(q[0] @ k.transpose(1, 2) / math.sqrt(hd), -1)
         x1 = h[-1:] + self.linear("o", (probs @ v).transpose(0, 1).reshape(1, nh * hd), train)
-        x = self.rms(x1, self.layer.post_attention_layernorm.weight, c.rms_norm_eps)
+        x = self.layer.post_attention_layernorm(x1)
         x2 = x1 + self.linear("down", F.silu(self.linear("gate", x, train)) * self.linear("up", x, train), train)
-        return (self.rms(x2, self.final_norm, c.rms_norm_eps) @ self.identifiers.T)[0]
+        return (self.final_norm(x2) @ self.identifiers.T)[0]
 
 
 def weighted_ranknet(scores, order):
