@@ -30,6 +30,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     Qwen3Config,
     Qwen3ForCausalLM,
 )
@@ -75,6 +77,17 @@ MODELS = {
     "mistral-window": (
         MistralForCausalLM,
         MistralConfig(**COMMON, rope_theta=10_000.0, sliding_window=48, tie_word_embeddings=False),
+    ),
+    # Gemma 3: sandwich norms, q/k norms, tanh-GELU, scaled embeddings, a
+    # sliding layer and a global one with their own RoPE bases. (Appended
+    # last: the seeds of the models above stay as they were.)
+    "gemma3": (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig(**COMMON, head_dim=32, query_pre_attn_scalar=32, sliding_window=48,
+                         layer_types=["sliding_attention", "full_attention"], rope_theta=1_000_000.0,
+                         rope_local_base_freq=10_000.0, tie_word_embeddings=True,
+                         hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=None,
+                         attn_logit_softcapping=None),
     ),
 }
 

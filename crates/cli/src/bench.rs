@@ -34,9 +34,14 @@ pub struct BenchArgs {
     /// Candidates per window.
     #[arg(long, default_value_t = 20)]
     pub window: usize,
-    /// Modes to time, comma-separated: first, generate.
-    #[arg(long, value_delimiter = ',', default_value = "first,generate")]
-    pub modes: Vec<String>,
+    /// Modes to time, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "first,generate"
+    )]
+    pub modes: Vec<ScoringMode>,
     /// Also rerank the first query's top 100 with the sliding window (20/10)
     /// in FIRST mode with and without the prefix KV cache.
     #[arg(long)]
@@ -90,14 +95,6 @@ struct BenchReport {
     peak_rss_mb: Option<f64>,
 }
 
-fn parse_mode(m: &str) -> Result<ScoringMode> {
-    match m.trim() {
-        "first" => Ok(ScoringMode::First),
-        "generate" | "generation" => Ok(ScoringMode::Generate),
-        other => bail!("--modes: unknown mode `{other}`; expected first and/or generate"),
-    }
-}
-
 /// Peak resident memory of this process (Linux `VmHWM`), in MB.
 fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -137,11 +134,8 @@ fn time_mode(
 }
 
 pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
-    let modes = args
-        .modes
-        .iter()
-        .map(|m| parse_mode(m).map(|p| (m.trim().to_string(), p)))
-        .collect::<Result<Vec<_>>>()?;
+    let modes: Vec<(String, ScoringMode)> =
+        args.modes.iter().map(|&m| (m.to_string(), m)).collect();
     if args.windows == 0 || args.window < 2 {
         bail!("--windows must be at least 1 and --window at least 2");
     }

@@ -8,22 +8,6 @@ use firstrank_models::reranker::{LlmReranker, RerankerConfig, ScoringMode};
 use firstrank_models::transformer::WeightMode;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    /// FIRST: rank by the logits of the first identifier (one forward pass per window).
-    First,
-    /// Generate the whole permutation `[C] > [A] > ...` greedily (RankZephyr-style baseline).
-    Generate,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Weights {
-    /// Keep GGUF weights quantized (fast).
-    Quantized,
-    /// Dequantize everything to f32 (matches the Python reference; slower).
-    F32,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceKind {
     Cpu,
     /// NVIDIA GPU 0 (needs a build with `--features cuda`).
@@ -42,14 +26,14 @@ pub enum PassagePrep {
 #[command(next_help_heading = "Model")]
 pub struct LlmArgs {
     /// Scoring mode.
-    #[arg(long, value_enum, default_value_t = Mode::First)]
-    pub mode: Mode,
+    #[arg(long, value_enum, default_value_t = ScoringMode::First)]
+    pub mode: ScoringMode,
     /// Device to run the model on.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     /// How GGUF weights are held.
-    #[arg(long, value_enum, default_value_t = Weights::Quantized)]
-    pub weights: Weights,
+    #[arg(long, value_enum, default_value_t = WeightMode::Quantized)]
+    pub weights: WeightMode,
     /// Prompt template: `rank_zephyr_alpha` (FIRST's), `rank_zephyr_numeric`, or a TOML file.
     #[arg(long, default_value = "rank_zephyr_alpha", value_name = "NAME|FILE")]
     pub prompt_template: String,
@@ -108,14 +92,8 @@ impl LlmArgs {
             options.max_tokens = Some(t);
         }
         Ok(RerankerConfig {
-            mode: match self.mode {
-                Mode::First => ScoringMode::First,
-                Mode::Generate => ScoringMode::Generate,
-            },
-            weights: match self.weights {
-                Weights::Quantized => WeightMode::Quantized,
-                Weights::F32 => WeightMode::DequantizedF32,
-            },
+            mode: self.mode,
+            weights: self.weights,
             template: PromptTemplate::resolve(&self.prompt_template)?,
             options,
             context_size: self.context_size,

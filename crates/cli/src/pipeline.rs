@@ -39,7 +39,7 @@ use firstrank_core::formats::{InputFormat, InputSpec};
 use firstrank_core::metrics::{evaluate, EvalConfig, Metric, Run};
 use firstrank_core::qrels::Qrels;
 use firstrank_core::window::{rerank_batch, WindowScorer, WindowStrategy};
-use firstrank_core::{Candidate, Query, Request};
+use firstrank_core::{Query, Request};
 use firstrank_models::embed::SentenceEncoder;
 use firstrank_models::fetch::ensure_model;
 use firstrank_retrieval::feedback::{
@@ -702,15 +702,7 @@ pub fn run(args: PipelineArgs, quiet: bool) -> Result<()> {
                             let n = (*reach).min(list.len());
                             let candidates = list[..n]
                                 .iter()
-                                .map(|e| {
-                                    let d = retriever.docs().get(e.ord)?;
-                                    Ok(Candidate {
-                                        docid: e.docid.clone(),
-                                        score: e.first_score,
-                                        title: d.title,
-                                        text: d.text,
-                                    })
-                                })
+                                .map(|e| retriever.docs().candidate(e.ord, e.first_score))
                                 .collect::<Result<Vec<_>>>()?;
                             Ok(Request {
                                 query: q.clone(),

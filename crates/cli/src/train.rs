@@ -18,15 +18,16 @@ use firstrank_core::significance::SplitMix64;
 use firstrank_core::training::{
     fuse_with_first_stage, make_lists, read_training_lists, Presentation, WindowSampling,
 };
+use firstrank_models::adapter::merge::MergedType;
+use firstrank_models::adapter::LoraConfig;
 use firstrank_models::embed::{BiEncoderScorer, SentenceEncoder};
 use firstrank_models::fetch::ensure_model;
-use firstrank_models::train::{
-    prepare_example, train, AdapterKind, LoraConfig, LoraTarget, Objective, Schedule, TrainOptions,
-};
+use firstrank_models::transformer::Projection;
 use firstrank_models::transformer::WeightMode;
+use firstrank_train::{prepare_example, train, AdapterKind, Objective, Schedule, TrainOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::model_args::{LlmArgs, Weights};
+use crate::model_args::LlmArgs;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Teacher {
@@ -34,12 +35,6 @@ pub enum Teacher {
     Qrels,
     /// Cosine similarity of all-MiniLM-L6-v2 embeddings (query vs. passage).
     Dense,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum OrderArg {
-    FirstStage,
-    Shuffled,
 }
 
 #[derive(Args, Debug)]
@@ -71,8 +66,8 @@ pub struct LabelArgs {
     pub seed: u64,
     /// Order of the passages in each list: first-stage order (as reranking
     /// shows them) or shuffled (the same windows either way).
-    #[arg(long, value_enum, default_value_t = OrderArg::FirstStage)]
-    pub order: OrderArg,
+    #[arg(long, value_enum, default_value_t = Presentation::FirstStage)]
+    pub order: Presentation,
     /// Prompt template: `rank_zephyr_alpha` (FIRST's), `rank_zephyr_numeric`, or a TOML file.
     #[arg(long, default_value = "rank_zephyr_alpha", value_name = "NAME|FILE")]
     pub prompt_template: String,
@@ -120,10 +115,7 @@ pub fn label(args: LabelArgs, quiet: bool) -> Result<()> {
         per_query: args.lists_per_query,
         depth: args.depth,
         seed: args.seed,
-        presentation: match args.order {
-            OrderArg::FirstStage => Presentation::FirstStage,
-            OrderArg::Shuffled => Presentation::Shuffled,
-        },
+        presentation: args.order,
     };
     let qrels = match &args.qrels {
         Some(p) => Some(Qrels::load(p)?),
@@ -210,23 +202,6 @@ pub fn label(args: LabelArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ObjectiveArg {
-    /// Weighted RankNet on the first identifier's logits.
-    Ranking,
-    /// LM loss on the target permutation.
-    Generation,
-    /// FIRST: generation + 10 x ranking.
-    Combined,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ScheduleArg {
-    Constant,
-    Linear,
-    Cosine,
-}
-
 #[derive(Args, Debug)]
 #[command(
     after_help = "Example (the default adapter's recipe is in the README):\n  \
@@ -246,8 +221,8 @@ pub struct TrainArgs {
     /// Continue from `<output>/checkpoint`.
     #[arg(long)]
     pub resume: bool,
-    #[arg(long, value_enum, default_value_t = ObjectiveArg::Combined)]
-    pub objective: ObjectiveArg,
+    #[arg(long, value_enum, default_value_t = Objective::Combined)]
+    pub objective: Objective,
     /// λ of the ranking term in the combined objective (FIRST: 10).
     #[arg(long, default_value_t = 10.0)]
     pub ranking_weight: f64,
@@ -275,8 +250,8 @@ pub struct TrainArgs {
     pub lora_layers: LayerSpec,
     #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
-    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
-    pub schedule: ScheduleArg,
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    pub schedule: Schedule,
     /// Linear warmup steps.
     #[arg(long, default_value_t = 10)]
     pub warmup: usize,
@@ -406,7 +381,7 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
         targets: args
             .lora_targets
             .iter()
-            .map(|t| LoraTarget::parse(t))
+            .map(|t| Projection::parse(t))
             .collect::<Result<Vec<_>>>()
             .context("--lora-targets")?,
         layers: None,
@@ -415,11 +390,7 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
         lora.validate().context("LoRA options")?;
     }
     let mut opts = TrainOptions {
-        objective: match args.objective {
-            ObjectiveArg::Ranking => Objective::Ranking,
-            ObjectiveArg::Generation => Objective::Generation,
-            ObjectiveArg::Combined => Objective::Combined,
-        },
+        objective: args.objective,
         ranking_weight: args.ranking_weight,
         adapter: if args.full {
             AdapterKind::Full
@@ -427,11 +398,7 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
             AdapterKind::Lora(lora)
         },
         learning_rate: args.lr,
-        schedule: match args.schedule {
-            ScheduleArg::Constant => Schedule::Constant,
-            ScheduleArg::Linear => Schedule::Linear,
-            ScheduleArg::Cosine => Schedule::Cosine,
-        },
+        schedule: args.schedule,
         warmup_steps: args.warmup,
         epochs: args.epochs,
         max_steps: args.max_steps,
@@ -453,7 +420,7 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
         bail!("--adapter applies to rerank; to continue training use --resume");
     }
     // Training needs dense f32 weights for the backward pass.
-    args.llm.weights = Weights::F32;
+    args.llm.weights = WeightMode::DequantizedF32;
     let max_window = lists
         .iter()
         .map(|l| l.target.matches('>').count() + 1)
@@ -533,7 +500,7 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
     };
     let started = Instant::now();
     let mut tokens_done = 0usize;
-    let mut log = |s: &firstrank_models::train::StepReport| {
+    let mut log = |s: &firstrank_train::StepReport| {
         tokens_done += s.tokens;
         let parts = [
             Some(format!("loss {:.4}", s.loss)),
@@ -606,15 +573,15 @@ pub struct MergeArgs {
     /// GGUF file to write.
     #[arg(long, short, value_name = "FILE")]
     pub output: PathBuf,
-    /// Storage of the merged projections: f16, q8_0 or f32 (other tensors are copied).
-    #[arg(long, default_value = "f16")]
-    pub merged_type: String,
+    /// Storage of the merged projections (other tensors are copied).
+    #[arg(long, value_enum, default_value_t = MergedType::F16)]
+    pub merged_type: MergedType,
 }
 
 pub fn merge(args: MergeArgs, quiet: bool) -> Result<()> {
+    use firstrank_models::adapter::merge::merge_into_gguf;
     use firstrank_models::fetch::{resolve_model_arg, ModelLocation};
-    use firstrank_models::train::merge::{merge_into_gguf, MergedType};
-    let merged: MergedType = args.merged_type.parse()?;
+    let merged = args.merged_type;
     let base = match resolve_model_arg(&args.model)? {
         ModelLocation::Gguf { path, .. } => path,
         ModelLocation::HfDir { dir, .. } => bail!(

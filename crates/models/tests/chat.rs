@@ -9,9 +9,11 @@
 
 use std::path::PathBuf;
 
+use candle_core::Device;
 use firstrank_models::chat::ChatTemplate;
 use firstrank_models::fetch;
 use firstrank_models::gguf_tokenizer::tokenizer_from_gguf_file;
+use firstrank_models::transformer::{CausalLm, WeightMode};
 use serde_json::Value;
 
 fn shared_dir() -> Option<PathBuf> {
@@ -51,16 +53,17 @@ fn check(model: &str, fixture: &str) {
     let windows = read_json(dir.join("windows.json"));
 
     let tok = tokenizer_from_gguf_file(&path).unwrap();
-    let default = fetch::default_model(model).unwrap();
-    let source = match default.chat_template {
-        Some(t) => {
-            assert!(
-                tok.chat_template.is_none(),
-                "{model}: the GGUF has its own template"
-            );
-            t.to_string()
-        }
-        None => tok.chat_template.clone().expect("GGUF chat template"),
+    // The GGUF's own template, else the family's (Gemma 3's base GGUF has none).
+    let family = CausalLm::load(&path, WeightMode::Quantized, &Device::Cpu)
+        .unwrap()
+        .family()
+        .unwrap();
+    let source = match &tok.chat_template {
+        Some(t) => t.clone(),
+        None => family
+            .default_chat_template
+            .expect("the family's chat template")
+            .to_string(),
     };
     assert_eq!(
         source,

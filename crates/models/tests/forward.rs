@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use firstrank_models::first::{first_logits, order_by_scores};
-use firstrank_models::transformer::{argmax, Arch, CausalLm, KvCache, WeightMode};
+use firstrank_models::transformer::{argmax, CausalLm, KvCache, WeightMode};
 use serde_json::Value;
 use transformer_support::*;
 
@@ -320,7 +320,7 @@ fn config_from_gguf_metadata() {
     if let Some(model) = model(&GEMMA3, WeightMode::DequantizedF32) {
         let m = model.lock().unwrap();
         let c = m.config();
-        assert_eq!(c.arch, Arch::Gemma3);
+        assert_eq!(c.family, "gemma3");
         assert_eq!(
             (c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim),
             (18, 640, 4, 1, 256)
@@ -344,7 +344,7 @@ fn config_from_gguf_metadata() {
     if let Some(model) = model(&SMOLLM2, WeightMode::DequantizedF32) {
         let m = model.lock().unwrap();
         let c = m.config();
-        assert_eq!(c.arch, Arch::Llama);
+        assert_eq!(c.family, "llama");
         assert_eq!(
             (c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim),
             (30, 576, 9, 3, 64)

@@ -219,7 +219,8 @@ fn smollm2_as_a_hugging_face_directory_matches_the_reference() {
 
 #[test]
 fn gemma3_as_a_hugging_face_directory_matches_the_reference() {
-    check(&GEMMA3, Some(firstrank_models::chat::GEMMA3_CHAT_TEMPLATE));
+    let gemma = firstrank_models::transformer::families::by_name("gemma3").unwrap();
+    check(&GEMMA3, gemma.default_chat_template);
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Hugging Face architectures with no obtainable checkpoint (Qwen2, Qwen3),
+//! Hugging Face architectures with no obtainable checkpoint (Qwen2, Qwen3, a
+//! Gemma 3 safetensors directory),
 //! and Llama/Mistral features the default models do not use (attention
 //! biases, a sliding window shorter than the prompt), checked against
 //! transformers on tiny random models: `tests/data/tiny-hf/<name>/` holds a
@@ -16,7 +17,7 @@ use serde_json::Value;
 mod transformer_support;
 use transformer_support::{max_abs_diff, tiny_expected, tiny_hf_dir, TinyExpected};
 
-const MODELS: &[&str] = &["qwen2", "qwen3", "llama-bias", "mistral-window"];
+const MODELS: &[&str] = &["qwen2", "qwen3", "llama-bias", "mistral-window", "gemma3"];
 
 /// Logits at each checked position, running the sequence in pieces that end
 /// at those positions (so prefill chunks, one-token decoding and the KV

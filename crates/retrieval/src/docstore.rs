@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
+use firstrank_core::Candidate;
 use serde::{Deserialize, Serialize};
 
 use crate::corpus::Document;
@@ -152,6 +153,18 @@ impl DocStore {
             )
         })?;
         Ok(d.into())
+    }
+
+    /// The document with ordinal `ord` as a reranking candidate with
+    /// first-stage score `score`.
+    pub fn candidate(&self, ord: u64, score: f64) -> Result<Candidate> {
+        let d = self.get(ord)?;
+        Ok(Candidate {
+            docid: d.docid,
+            score,
+            title: d.title,
+            text: d.text,
+        })
     }
 
     /// Every document in ordinal order, read sequentially.

@@ -46,7 +46,7 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context, Result};
-use firstrank_core::{Candidate, Query, Request};
+use firstrank_core::Query;
 
 use crate::retrieve::{rrf, Method, RetrieveOptions, Retriever};
 
@@ -527,36 +527,6 @@ impl Retriever {
                     .collect()
             }
         })
-    }
-
-    /// Requests (query + candidates with texts) for hits.
-    pub fn requests_for_hits(
-        &self,
-        queries: &[Query],
-        hits: &[Vec<(u64, f64)>],
-    ) -> Result<Vec<Request>> {
-        queries
-            .iter()
-            .zip(hits)
-            .map(|(q, hits)| {
-                let candidates = hits
-                    .iter()
-                    .map(|&(ord, score)| {
-                        let d = self.docs().get(ord)?;
-                        Ok(Candidate {
-                            docid: d.docid,
-                            score,
-                            title: d.title,
-                            text: d.text,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Request {
-                    query: q.clone(),
-                    candidates,
-                })
-            })
-            .collect()
     }
 
     /// BM25 scores of `ords` for `query` (0 for documents outside BM25's top

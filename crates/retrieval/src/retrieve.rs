@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use firstrank_core::formats::format_request_jsonl;
-use firstrank_core::{Candidate, Query, Request};
+use firstrank_core::{Query, Request};
 use firstrank_models::embed::SentenceEncoder;
 
 use crate::bm25::{Bm25Index, Bm25Params, Hit};
@@ -234,21 +234,22 @@ impl Retriever {
     /// Retrieves candidates for every query, with their texts.
     pub fn retrieve(&self, queries: &[Query], opts: &RetrieveOptions) -> Result<Vec<Request>> {
         let hits = self.hits(queries, opts)?;
+        self.requests_for_hits(queries, &hits)
+    }
+
+    /// Requests (query + candidates with texts) for hits.
+    pub fn requests_for_hits(
+        &self,
+        queries: &[Query],
+        hits: &[Vec<(u64, f64)>],
+    ) -> Result<Vec<Request>> {
         queries
             .iter()
             .zip(hits)
             .map(|(q, hits)| {
                 let candidates = hits
-                    .into_iter()
-                    .map(|(ord, score)| {
-                        let d = self.docs.get(ord)?;
-                        Ok(Candidate {
-                            docid: d.docid,
-                            score,
-                            title: d.title,
-                            text: d.text,
-                        })
-                    })
+                    .iter()
+                    .map(|&(ord, score)| self.docs.candidate(ord, score))
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Request {
                     query: q.clone(),

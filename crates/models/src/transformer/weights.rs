@@ -16,8 +16,11 @@ use super::bf16_gemm::{self, PackedB};
 
 /// How the GGUF's weight matrices are held in memory and multiplied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum WeightMode {
-    /// Keep the file's quantized blocks in memory (about a quarter to an
+    /// Keep GGUF weights quantized (fast).
+    ///
+    /// The file's quantized blocks stay in memory (about a quarter to an
     /// eighth of f32). Matmuls over a few rows (decoding, short suffixes) use
     /// candle's quantized kernels (8-bit activations, llama.cpp style; the
     /// logits move slightly). Prefill matmuls (see [`EXACT_MIN_TOKENS`]) run
@@ -28,8 +31,11 @@ pub enum WeightMode {
     /// reference.
     #[default]
     Quantized,
-    /// Dequantize every tensor to f32 at load time and use f32 matmuls: the
+    /// Dequantize everything to f32 (matches the Python reference; slower).
+    ///
+    /// Every tensor is dequantized at load time and multiplied in f32: the
     /// fidelity mode that matches the reference implementation's logits.
+    #[cfg_attr(feature = "clap", value(name = "f32"))]
     DequantizedF32,
 }
 
@@ -39,17 +45,6 @@ impl std::fmt::Display for WeightMode {
             WeightMode::Quantized => "quantized",
             WeightMode::DequantizedF32 => "f32",
         })
-    }
-}
-
-impl std::str::FromStr for WeightMode {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "quantized" | "q" => Ok(WeightMode::Quantized),
-            "f32" | "dequantized" | "dequantized-f32" => Ok(WeightMode::DequantizedF32),
-            other => bail!("unknown weight mode `{other}`; expected `quantized` or `f32`"),
-        }
     }
 }
 

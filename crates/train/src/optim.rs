@@ -13,24 +13,14 @@ use candle_core::{Tensor, Var};
 
 /// How the learning rate moves after warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Schedule {
+    /// The peak rate throughout.
     Constant,
+    /// Linear decay to 0.
     Linear,
+    /// Cosine decay to 0.
     Cosine,
-}
-
-impl std::str::FromStr for Schedule {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "constant" => Ok(Schedule::Constant),
-            "linear" => Ok(Schedule::Linear),
-            "cosine" => Ok(Schedule::Cosine),
-            other => {
-                anyhow::bail!("unknown schedule `{other}`; expected constant, linear or cosine")
-            }
-        }
-    }
 }
 
 /// Learning rate at optimizer step `step` (0-based) of `total`, after

@@ -1,8 +1,10 @@
-//! Merging a trained LoRA adapter into its base GGUF file: every adapted
-//! projection becomes `W + scale·B·A`, stored as f16 (default), q8_0 or f32;
-//! all other tensors and all metadata are copied unchanged. The result is a
-//! plain GGUF that firstrank, llama.cpp and other GGUF tools load without
-//! knowing about adapters.
+//! Merging a LoRA adapter into its base: into a loaded model's projections
+//! (how inference applies an adapter: [`merge_into_model`]), or into the base
+//! GGUF file ([`merge_into_gguf`]), where every adapted projection becomes
+//! `W + scale·B·A`, stored as f16 (default), q8_0 or f32, and all other
+//! tensors and all metadata are copied unchanged. The result is a plain GGUF
+//! that firstrank, llama.cpp and other GGUF tools load without knowing about
+//! adapters.
 //!
 //! Re-quantizing a merged weight to the base's 4-bit type would round most of
 //! a small adapter update away, hence f16 by default.
@@ -13,27 +15,37 @@ use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device};
 
-use super::lora::{LoraSet, LoraTarget};
-use crate::transformer::{CausalLm, WeightMode};
+use super::lora::LoraSet;
+use crate::transformer::{CausalLm, Projection, WeightMode};
+
+/// Adds every adapter's `scale·B·A` to its projection of `model`
+/// (quantized weights become dense f32). Returns how many projections
+/// changed.
+pub fn merge_into_model(model: &mut CausalLm, set: &LoraSet) -> Result<usize> {
+    let mut merged = 0;
+    for ((layer, target), pair) in set.iter() {
+        let w = model.projection_weight(*layer, *target)?;
+        let delta = pair.merged_delta()?.to_device(model.device())?;
+        // Detached: a weight derived from the adapter's variables would
+        // otherwise make every activation record its autograd graph (and
+        // the KV cache keep whole forward passes alive).
+        model.set_projection(*layer, *target, (w + delta)?.detach())?;
+        merged += 1;
+    }
+    Ok(merged)
+}
 
 /// Storage type of the merged projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum MergedType {
+    /// Half precision (the default: keeps a small adapter's update).
     F16,
+    /// 8-bit blocks (llama.cpp's Q8_0).
+    #[cfg_attr(feature = "clap", value(name = "q8_0"))]
     Q8_0,
+    /// Full precision.
     F32,
-}
-
-impl std::str::FromStr for MergedType {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f16" => Ok(MergedType::F16),
-            "q8_0" => Ok(MergedType::Q8_0),
-            "f32" => Ok(MergedType::F32),
-            other => bail!("unknown merged type `{other}`; expected f16, q8_0 or f32"),
-        }
-    }
 }
 
 impl MergedType {
@@ -46,17 +58,17 @@ impl MergedType {
     }
 }
 
-fn gguf_projection(name: &str) -> Option<(usize, LoraTarget)> {
+fn gguf_projection(name: &str) -> Option<(usize, Projection)> {
     let rest = name.strip_prefix("blk.")?;
     let (layer, tail) = rest.split_once('.')?;
     let target = match tail {
-        "attn_q.weight" => LoraTarget::Q,
-        "attn_k.weight" => LoraTarget::K,
-        "attn_v.weight" => LoraTarget::V,
-        "attn_output.weight" => LoraTarget::O,
-        "ffn_gate.weight" => LoraTarget::Gate,
-        "ffn_up.weight" => LoraTarget::Up,
-        "ffn_down.weight" => LoraTarget::Down,
+        "attn_q.weight" => Projection::Q,
+        "attn_k.weight" => Projection::K,
+        "attn_v.weight" => Projection::V,
+        "attn_output.weight" => Projection::O,
+        "ffn_gate.weight" => Projection::Gate,
+        "ffn_up.weight" => Projection::Up,
+        "ffn_down.weight" => Projection::Down,
         _ => return None,
     };
     Some((layer.parse().ok()?, target))

@@ -3,6 +3,7 @@
 //! overfit run whose adapter, saved in PEFT layout and merged back into a
 //! quantized model, makes FIRST put the target passage first.
 
+#[path = "../../models/tests/transformer_support/mod.rs"]
 mod transformer_support;
 
 use candle_core::{DType, Device, Tensor};
@@ -11,16 +12,14 @@ use firstrank_core::significance::SplitMix64;
 use firstrank_core::training::{permutation_text, TrainingList};
 use firstrank_core::window::WindowScorer;
 use firstrank_core::{Candidate, Query};
+use firstrank_models::adapter::merge::{merge_into_gguf, MergedType};
+use firstrank_models::adapter::{LoraConfig, LoraSet};
 use firstrank_models::chat::ChatTemplate;
 use firstrank_models::gguf_tokenizer::tokenizer_from_gguf_file;
 use firstrank_models::reranker::{LlmReranker, RerankerConfig};
-use firstrank_models::train::merge::{merge_into_gguf, MergedType};
-use firstrank_models::train::trainer::{accumulate_batch_gradients, example_loss};
-use firstrank_models::train::{
-    prepare_example, train, AdapterKind, LoraConfig, LoraSet, LoraTarget, Objective, Schedule,
-    TrainOptions,
-};
-use firstrank_models::transformer::{CausalLm, TrainContext, WeightMode};
+use firstrank_models::transformer::{CausalLm, Projection, TrainContext, WeightMode};
+use firstrank_train::step::{accumulate_batch_gradients, accumulate_lora_gradients, example_loss};
+use firstrank_train::{prepare_example, train, AdapterKind, Objective, Schedule, TrainOptions};
 use transformer_support::{model_path, SMOLLM2};
 
 fn reranker(weights: WeightMode) -> Option<LlmReranker> {
@@ -116,7 +115,7 @@ fn small_lora_with_nonzero_b(model: &CausalLm, layers: Option<Vec<usize>>) -> Lo
         rank: 2,
         alpha: 4.0,
         dropout: 0.0,
-        targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Down],
+        targets: vec![Projection::Q, Projection::V, Projection::Down],
         layers,
     };
     let set = LoraSet::new(model, &config, 5).unwrap();
@@ -160,9 +159,9 @@ fn lora_gradient_through_the_model_matches_finite_differences() {
         // and the last layer's down-projection B.
         let n_layers = model.config().n_layers;
         for (layer, target, use_a) in [
-            (0, LoraTarget::Q, true),
-            (n_layers / 2, LoraTarget::V, false),
-            (n_layers - 1, LoraTarget::Down, false),
+            (0, Projection::Q, true),
+            (n_layers / 2, Projection::V, false),
+            (n_layers - 1, Projection::Down, false),
         ] {
             let pair = set.get(layer, target).unwrap();
             let var = if use_a { &pair.a } else { &pair.b };
@@ -297,7 +296,9 @@ fn check_checkpointed_gradients(layers: Option<Vec<usize>>) -> Option<LoraSet> {
             });
         }
     }
-    let mut got: Vec<Option<Tensor>> = vec![None; vars.len()];
+    // Both batched paths: candle's autograd with per-layer recomputation,
+    // and the hand-derived backward pass of the taped blocks.
+    let mut checkpointed: Vec<Option<Tensor>> = vec![None; vars.len()];
     let losses = accumulate_batch_gradients(
         model,
         &ctx,
@@ -307,17 +308,39 @@ fn check_checkpointed_gradients(layers: Option<Vec<usize>>) -> Option<LoraSet> {
         &ids,
         0.5,
         &vars,
-        &mut got,
+        &mut checkpointed,
     )
     .unwrap();
-    for (l, e) in losses.iter().zip(&expected_losses) {
+    let slots: Vec<(usize, Projection)> = set.iter().map(|(k, _)| *k).collect();
+    let mut taped: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let taped_losses = accumulate_lora_gradients(
+        model,
+        &ctx,
+        &[&a, &b],
+        objective,
+        10.0,
+        &ids,
+        0.5,
+        &slots,
+        &mut taped,
+    )
+    .unwrap();
+    for (l, e) in losses
+        .iter()
+        .chain(&taped_losses)
+        .zip(expected_losses.iter().cycle())
+    {
         assert!(
             (l.total - e).abs() < 1e-3 * e.abs().max(1.0),
             "loss {} vs {e}",
             l.total
         );
     }
-    for ((g, e), v) in got.iter().zip(&expected).zip(&vars) {
+    let pairs = checkpointed
+        .iter()
+        .chain(&taped)
+        .zip(expected.iter().cycle());
+    for ((g, e), v) in pairs.zip(vars.iter().cycle()) {
         let g = g
             .as_ref()
             .unwrap()
@@ -400,7 +423,7 @@ fn small_model_overfits_two_lists_and_the_adapter_reloads() {
             rank: 8,
             alpha: 16.0,
             dropout: 0.0,
-            targets: LoraTarget::ALL.to_vec(),
+            targets: Projection::ALL.to_vec(),
             layers: None,
         }),
         learning_rate: 2e-3,
@@ -451,7 +474,7 @@ fn small_model_overfits_two_lists_and_the_adapter_reloads() {
     assert_eq!(merged, 7 * tuned.model().config().n_layers);
     // Merged weights carry no autograd graph (inference would otherwise keep
     // every activation alive).
-    let w = tuned.model().projection_weight(0, LoraTarget::Q).unwrap();
+    let w = tuned.model().projection_weight(0, Projection::Q).unwrap();
     assert!(!w.track_op());
     assert_eq!(
         argmax(&tuned.score_window(&q_a, &window(&PASSAGES_A)).unwrap()),

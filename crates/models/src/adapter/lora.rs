@@ -1,7 +1,7 @@
 //! LoRA adapters on the transformer's projections: creation, the low-rank
-//! update used in the training forward pass, merging into the base weights,
-//! and saving/loading in PEFT's layout so adapters move between firstrank and
-//! Hugging Face tools.
+//! update the training pass adds through the transformer's
+//! [`ProjectionDelta`] seam, and saving/loading in PEFT's layout so adapters
+//! move between firstrank and Hugging Face tools (merging is in `merge`).
 //!
 //! An adapter on a projection `W: [out, in]` adds `scale · B·A·x` with
 //! `A: [r, in]`, `B: [out, r]`, `scale = alpha / r`. As in PEFT, `A` starts
@@ -25,77 +25,7 @@ use firstrank_core::formats::write_atomically;
 use firstrank_core::significance::SplitMix64;
 use serde::{Deserialize, Serialize};
 
-use crate::transformer::{CausalLm, RopeStyle};
-
-/// A projection an adapter can sit on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum LoraTarget {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl LoraTarget {
-    pub const ALL: [LoraTarget; 7] = [
-        LoraTarget::Q,
-        LoraTarget::K,
-        LoraTarget::V,
-        LoraTarget::O,
-        LoraTarget::Gate,
-        LoraTarget::Up,
-        LoraTarget::Down,
-    ];
-
-    /// PEFT's / Hugging Face's module name (`q_proj`, ...).
-    pub fn peft_name(self) -> &'static str {
-        match self {
-            LoraTarget::Q => "q_proj",
-            LoraTarget::K => "k_proj",
-            LoraTarget::V => "v_proj",
-            LoraTarget::O => "o_proj",
-            LoraTarget::Gate => "gate_proj",
-            LoraTarget::Up => "up_proj",
-            LoraTarget::Down => "down_proj",
-        }
-    }
-
-    fn module(self) -> &'static str {
-        match self {
-            LoraTarget::Q | LoraTarget::K | LoraTarget::V | LoraTarget::O => "self_attn",
-            _ => "mlp",
-        }
-    }
-
-    /// Accepts PEFT names (`q_proj`) and short ones (`q`, `gate`).
-    pub fn parse(name: &str) -> Result<Self> {
-        let n = name.trim().trim_end_matches("_proj");
-        Ok(match n {
-            "q" => LoraTarget::Q,
-            "k" => LoraTarget::K,
-            "v" => LoraTarget::V,
-            "o" => LoraTarget::O,
-            "gate" => LoraTarget::Gate,
-            "up" => LoraTarget::Up,
-            "down" => LoraTarget::Down,
-            _ => bail!(
-                "unknown LoRA target `{name}`; expected some of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"
-            ),
-        })
-    }
-
-    /// The Hugging Face parameter path of this projection in layer `i`.
-    pub fn hf_path(self, layer: usize) -> String {
-        format!(
-            "model.layers.{layer}.{}.{}",
-            self.module(),
-            self.peft_name()
-        )
-    }
-}
+use crate::transformer::{CausalLm, Projection, ProjectionDelta, QkPermutation};
 
 /// Rank, scaling, dropout and targets of a set of adapters.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,7 +33,7 @@ pub struct LoraConfig {
     pub rank: usize,
     pub alpha: f64,
     pub dropout: f32,
-    pub targets: Vec<LoraTarget>,
+    pub targets: Vec<Projection>,
     /// Layers that get adapters (PEFT's `layers_to_transform`); `None`: all.
     /// Adapting only the top layers leaves the layers below frozen, so the
     /// backward pass stops at the lowest adapted layer.
@@ -116,7 +46,7 @@ impl Default for LoraConfig {
             rank: 16,
             alpha: 32.0,
             dropout: 0.05,
-            targets: LoraTarget::ALL.to_vec(),
+            targets: Projection::ALL.to_vec(),
             layers: None,
         }
     }
@@ -212,10 +142,10 @@ impl LoraPair {
 #[derive(Debug, Clone)]
 pub struct LoraSet {
     config: LoraConfig,
-    pairs: BTreeMap<(usize, LoraTarget), LoraPair>,
+    pairs: BTreeMap<(usize, Projection), LoraPair>,
     /// Heads per projection when q/k rows are stored permuted (llama GGUF):
     /// (query heads, key heads, head dim).
-    qk_permutation: Option<(usize, usize, usize)>,
+    qk_permutation: Option<QkPermutation>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -249,64 +179,6 @@ enum LayerSelection {
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 
-fn qk_permutation(model: &CausalLm) -> Option<(usize, usize, usize)> {
-    let c = model.config();
-    (c.rope_style == RopeStyle::Interleaved).then_some((c.n_heads, c.n_kv_heads, c.head_dim))
-}
-
-/// For the rows of `heads` heads of `head_dim`: `idx[hf_row] = gguf_row`.
-fn gguf_row_of_hf_row(heads: usize, head_dim: usize) -> Vec<u32> {
-    let half = head_dim / 2;
-    let mut idx = vec![0u32; heads * head_dim];
-    for h in 0..heads {
-        for c in 0..2 {
-            for i in 0..half {
-                idx[h * head_dim + c * half + i] = (h * head_dim + 2 * i + c) as u32;
-            }
-        }
-    }
-    idx
-}
-
-/// Row reordering of a query/key projection between llama GGUF's layout and
-/// Hugging Face's: with `to_hf`, `idx[hf_row] = gguf_row` (an `index_select`
-/// of GGUF-ordered rows gives HF order), else the inverse. `None` for other
-/// projections and for models whose GGUF rows are not permuted.
-pub(crate) fn qk_row_permutation(
-    model: &CausalLm,
-    target: LoraTarget,
-    to_hf: bool,
-) -> Option<Vec<u32>> {
-    permutation_for(qk_permutation(model), target, to_hf)
-}
-
-fn permutation_for(
-    qk: Option<(usize, usize, usize)>,
-    target: LoraTarget,
-    to_hf: bool,
-) -> Option<Vec<u32>> {
-    let (nh, nkv, hd) = qk?;
-    let heads = match target {
-        LoraTarget::Q => nh,
-        LoraTarget::K => nkv,
-        _ => return None,
-    };
-    let hf_to_gguf = gguf_row_of_hf_row(heads, hd);
-    Some(if to_hf {
-        hf_to_gguf
-    } else {
-        invert(&hf_to_gguf)
-    })
-}
-
-fn invert(perm: &[u32]) -> Vec<u32> {
-    let mut inv = vec![0u32; perm.len()];
-    for (i, &p) in perm.iter().enumerate() {
-        inv[p as usize] = i as u32;
-    }
-    inv
-}
-
 impl LoraSet {
     /// Fresh adapters (`A` Kaiming-uniform from `seed`, `B` zero) on
     /// `config.targets` of the adapted layers.
@@ -338,7 +210,7 @@ impl LoraSet {
         Ok(Self {
             config: config.clone(),
             pairs,
-            qk_permutation: qk_permutation(model),
+            qk_permutation: model.qk_permutation(),
         })
     }
 
@@ -351,11 +223,11 @@ impl LoraSet {
         self.pairs.keys().map(|(l, _)| *l).min()
     }
 
-    pub fn get(&self, layer: usize, target: LoraTarget) -> Option<&LoraPair> {
+    pub fn get(&self, layer: usize, target: Projection) -> Option<&LoraPair> {
         self.pairs.get(&(layer, target))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&(usize, LoraTarget), &LoraPair)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&(usize, Projection), &LoraPair)> {
         self.pairs.iter()
     }
 
@@ -429,8 +301,8 @@ impl LoraSet {
         Ok(())
     }
 
-    fn row_permutation(&self, target: LoraTarget, to_hf: bool) -> Option<Vec<u32>> {
-        permutation_for(self.qk_permutation, target, to_hf)
+    fn row_permutation(&self, target: Projection, to_hf: bool) -> Option<Vec<u32>> {
+        self.qk_permutation?.rows(target, to_hf)
     }
 
     /// The tensors under PEFT's names (B rows in Hugging Face order), in `dtype`.
@@ -475,7 +347,7 @@ impl LoraSet {
                 .config
                 .targets
                 .iter()
-                .map(|t| t.peft_name().to_string())
+                .map(|t| t.hf_name().to_string())
                 .collect(),
             bias: "none".into(),
             fan_in_fan_out: false,
@@ -520,7 +392,7 @@ impl LoraSet {
         let targets = file
             .target_modules
             .iter()
-            .map(|t| LoraTarget::parse(t))
+            .map(|t| Projection::parse(t))
             .collect::<Result<Vec<_>>>()
             .with_context(|| format!("{}: target_modules", config_path.display()))?;
         let config = LoraConfig {
@@ -549,7 +421,7 @@ impl LoraSet {
         let mut set = Self {
             config: config.clone(),
             pairs: BTreeMap::new(),
-            qk_permutation: qk_permutation(model),
+            qk_permutation: model.qk_permutation(),
         };
         for layer in config.adapted_layers(n_layers) {
             for &target in &config.targets {
@@ -615,6 +487,67 @@ impl LoraSet {
     }
 }
 
+impl ProjectionDelta for LoraSet {
+    fn covers(&self, layer: usize, proj: Projection) -> bool {
+        self.pairs.contains_key(&(layer, proj))
+    }
+
+    fn delta(
+        &self,
+        layer: usize,
+        proj: Projection,
+        x: &Tensor,
+        keep: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        match self.pairs.get(&(layer, proj)) {
+            Some(pair) => Ok(Some(pair.delta(x, keep)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn lowest_layer(&self) -> Option<usize> {
+        LoraSet::lowest_layer(self)
+    }
+
+    /// `Δ = scale · z·Bᵀ` with `z = x·Aᵀ` (kept for the backward pass).
+    fn forward_saved(
+        &self,
+        layer: usize,
+        proj: Projection,
+        x: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(pair) = self.pairs.get(&(layer, proj)) else {
+            return Ok(None);
+        };
+        let z = x.matmul(&pair.a.as_tensor().t()?)?;
+        let delta = (z.matmul(&pair.b.as_tensor().t()?)? * pair.scale)?;
+        Ok(Some((delta, z)))
+    }
+
+    /// With `g = ∂L/∂Δ`: `∂B = scale · gᵀz`, `∂z = scale · g·B`,
+    /// `∂A = ∂zᵀ·x`, `∂x = ∂z·A`; the slots are `[A, B]` ([`LoraSet::vars`]'
+    /// order).
+    fn backward(
+        &self,
+        layer: usize,
+        proj: Projection,
+        x: &Tensor,
+        saved: &Tensor,
+        d_out: &Tensor,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let pair = self
+            .pairs
+            .get(&(layer, proj))
+            .context("backward of a projection without an adapter")?;
+        let (a, b) = (pair.a.as_tensor(), pair.b.as_tensor());
+        let d_b = (d_out.t()?.matmul(saved)? * pair.scale)?;
+        let d_z = (d_out.matmul(b)? * pair.scale)?;
+        let d_a = d_z.t()?.matmul(x)?;
+        let d_x = d_z.matmul(a)?;
+        Ok((d_x, vec![d_a, d_b]))
+    }
+}
+
 /// The layer index in a PEFT tensor name (`...layers.{i}.self_attn...`).
 fn layer_of_tensor_name(name: &str) -> Option<usize> {
     let rest = &name[name.find(".layers.")? + ".layers.".len()..];
@@ -647,25 +580,6 @@ mod tests {
         assert_eq!(layer_list(&[0, 4, 7]), "0,4,7");
         assert_eq!(layer_list(&[5]), "5");
         assert_eq!(layer_list(&[]), "none");
-    }
-
-    #[test]
-    fn qk_row_permutation_matches_llama_cpp_layout() {
-        // One head of dim 4: HF rows [x0 x1 | y0 y1] are stored by llama.cpp
-        // as [x0 y0 x1 y1] (pairs interleaved).
-        let idx = gguf_row_of_hf_row(1, 4);
-        assert_eq!(idx, vec![0, 2, 1, 3]);
-        let two = gguf_row_of_hf_row(2, 4);
-        assert_eq!(two, vec![0, 2, 1, 3, 4, 6, 5, 7]);
-        assert_eq!(invert(&invert(&two)), two);
-    }
-
-    #[test]
-    fn targets_parse_peft_and_short_names() {
-        assert_eq!(LoraTarget::parse("q_proj").unwrap(), LoraTarget::Q);
-        assert_eq!(LoraTarget::parse("down").unwrap(), LoraTarget::Down);
-        assert!(LoraTarget::parse("lm_head").is_err());
-        assert_eq!(LoraTarget::Gate.hf_path(3), "model.layers.3.mlp.gate_proj");
     }
 
     #[test]
