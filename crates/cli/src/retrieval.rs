@@ -101,6 +101,11 @@ pub struct SynthQueriesArgs {
     /// Passages with fewer words are never sampled.
     #[arg(long, default_value_t = 20)]
     pub min_words: usize,
+    /// Never draw keywords found in more than this fraction of the passages
+    /// (e.g. 0.05: words like "what" or "also" that the stopword list lets
+    /// through stay out of the queries).
+    #[arg(long, value_name = "FRACTION")]
+    pub max_df: Option<f64>,
 }
 
 fn encoder() -> Result<SentenceEncoder> {
@@ -190,6 +195,7 @@ pub fn synth_queries(args: SynthQueriesArgs, quiet: bool) -> Result<()> {
         min_terms: args.min_terms,
         max_terms: args.max_terms,
         min_words: args.min_words,
+        max_df: args.max_df,
         seed: args.seed,
     };
     // Bad options fail before the corpus is read.

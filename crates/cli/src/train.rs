@@ -74,6 +74,19 @@ pub struct LabelArgs {
     /// Words kept per passage for a window of 20 (rank_llm: 300, scaled by 20/n).
     #[arg(long, value_name = "N")]
     pub max_passage_words: Option<usize>,
+    /// Also cut each passage to its first N tokens of `--tokenizer`'s model
+    /// (as `rerank --max-passage-tokens` does at inference).
+    #[arg(long, value_name = "N")]
+    pub max_passage_tokens: Option<usize>,
+    /// The model whose tokenizer counts `--max-passage-tokens` (a `--model`
+    /// value: the model the lists will train).
+    #[arg(
+        long,
+        default_value = "smollm2",
+        value_name = "MODEL",
+        requires = "max_passage_tokens"
+    )]
+    pub tokenizer: String,
     /// Blend the first-stage order into the targets by reciprocal-rank fusion:
     /// label = 1/(60 + teacher rank) + W/(60 + first-stage rank). 0 keeps the
     /// teacher's order; 1 weighs both equally.
@@ -110,6 +123,25 @@ pub fn label(args: LabelArgs, quiet: bool) -> Result<()> {
         }
         options.max_words = Some(w);
     }
+    let tokenizer = match args.max_passage_tokens {
+        Some(0) => bail!("--max-passage-tokens must be at least 1"),
+        Some(n) => {
+            options.max_tokens = Some(n);
+            let location = firstrank_models::fetch::resolve_model_arg(&args.tokenizer)?;
+            Some(match &location {
+                firstrank_models::fetch::ModelLocation::Gguf { path, .. } => {
+                    firstrank_models::gguf_tokenizer::tokenizer_from_gguf_file(path)?
+                }
+                firstrank_models::fetch::ModelLocation::HfDir { dir, .. } => {
+                    firstrank_models::gguf_tokenizer::tokenizer_from_hf_dir(dir)?
+                }
+            })
+        }
+        None => None,
+    };
+    let counter = tokenizer
+        .as_ref()
+        .map(|t| t as &dyn firstrank_core::prompt::TokenCounter);
     let sampling = WindowSampling {
         window: args.window,
         per_query: args.lists_per_query,
@@ -177,7 +209,7 @@ pub fn label(args: LabelArgs, quiet: bool) -> Result<()> {
             continue;
         }
         for list in make_lists(
-            request, &labels, 0.0, &template, &options, &sampling, &mut rng,
+            request, &labels, 0.0, &template, &options, counter, &sampling, &mut rng,
         )? {
             writeln!(out, "{}", list.to_json_line())
                 .with_context(|| format!("writing {}", args.output.display()))?;
@@ -216,16 +248,28 @@ pub struct TrainArgs {
     #[arg(long, required = true, value_name = "FILE")]
     pub data: Vec<PathBuf>,
     /// Directory for the adapter, `training.json` and the checkpoint.
-    #[arg(long, short, value_name = "DIR")]
-    pub output: PathBuf,
+    #[arg(long, short, value_name = "DIR", required_unless_present = "bench")]
+    pub output: Option<PathBuf>,
     /// Continue from `<output>/checkpoint`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bench")]
     pub resume: bool,
+    /// Measure the recipe instead of training: one warm-up step, then STEPS
+    /// timed steps (in a temporary directory, nothing kept); prints tokens/s,
+    /// seconds per list and peak memory.
+    #[arg(long, value_name = "STEPS", conflicts_with_all = ["max_time", "max_steps"])]
+    pub bench: Option<usize>,
     #[arg(long, value_enum, default_value_t = Objective::Combined)]
     pub objective: Objective,
     /// λ of the ranking term in the combined objective (FIRST: 10).
     #[arg(long, default_value_t = 10.0)]
     pub ranking_weight: f64,
+    /// Weight of an extra per-passage ranking term (0: off): at the newline
+    /// that ends each passage the logit of its own identifier is read as a
+    /// relevance score, and the scores are ranked against the target with
+    /// the same weighted RankNet. It densifies the training signal (one
+    /// reading per passage instead of one per list); inference stays FIRST.
+    #[arg(long, default_value_t = 0.0, value_name = "W")]
+    pub passage_loss: f64,
     /// Train every projection matrix instead of LoRA adapters.
     #[arg(long)]
     pub full: bool,
@@ -288,6 +332,21 @@ pub struct TrainArgs {
     /// Checkpoint every N optimizer steps and at the end (0: only at the end).
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: usize,
+    /// Held-out training lists (not trained on) to evaluate on: FIRST's
+    /// pairwise accuracy against their targets before the first step, every
+    /// `--eval-every` steps, at snapshots and at the end, appended to
+    /// `<output>/eval.jsonl`. Repeat for several files.
+    #[arg(long, value_name = "FILE")]
+    pub eval_data: Vec<PathBuf>,
+    /// Evaluate on `--eval-data` every N optimizer steps (0: only at
+    /// snapshots and at the end).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub eval_every: usize,
+    /// Save the adapter when the run has seen these numbers of lists
+    /// (comma-separated, e.g. 250,1000,4000,16000) into
+    /// `<output>/snapshots/lists-NNNNNN/`, for a learning curve.
+    #[arg(long, value_delimiter = ',', value_name = "LISTS")]
+    pub snapshot_lists: Vec<usize>,
     /// Skip lists longer than this many tokens.
     #[arg(long, default_value_t = 4096)]
     pub max_tokens: usize,
@@ -392,6 +451,7 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
     let mut opts = TrainOptions {
         objective: args.objective,
         ranking_weight: args.ranking_weight,
+        passage_loss_weight: args.passage_loss,
         adapter: if args.full {
             AdapterKind::Full
         } else {
@@ -410,7 +470,16 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
         neftune_alpha: (args.neftune > 0.0).then_some(args.neftune),
         seed: args.seed,
         checkpoint_every: args.checkpoint_every,
+        eval_every: args.eval_every,
+        snapshot_lists: args.snapshot_lists.clone(),
     };
+    if let Some(steps) = args.bench {
+        if steps == 0 {
+            bail!("--bench needs at least 1 timed step");
+        }
+        opts.max_steps = Some(steps + 1);
+        opts.checkpoint_every = 0;
+    }
     opts.validate()?;
     let mut lists = Vec::new();
     for path in &args.data {
@@ -418,6 +487,27 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
     }
     if args.llm.adapter.is_some() {
         bail!("--adapter applies to rerank; to continue training use --resume");
+    }
+    // The lists hold their prompts as `label` rendered them: options that
+    // shape passages would change nothing here, so they are refused.
+    let passage_options = [
+        (
+            "--max-passage-tokens",
+            args.llm.max_passage_tokens.is_some(),
+        ),
+        ("--max-passage-words", args.llm.max_passage_words.is_some()),
+        ("--context-size", args.llm.context_size.is_some()),
+        (
+            "--passages",
+            args.llm.passages != crate::model_args::PassagePrep::RankLlm,
+        ),
+    ];
+    if let Some((flag, _)) = passage_options.iter().find(|(_, given)| *given) {
+        bail!(
+            "{flag} does not apply to train: the training lists hold their prompts as `firstrank label` \
+             rendered them; pass passage options to label (it takes --max-passage-words and \
+             --max-passage-tokens)"
+        );
     }
     // Training needs dense f32 weights for the backward pass.
     args.llm.weights = WeightMode::DequantizedF32;
@@ -457,6 +547,27 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
             "{too_long} lists longer than --max-tokens {} skipped",
             args.max_tokens
         );
+    }
+    let mut held_out = Vec::new();
+    for path in &args.eval_data {
+        for l in read_training_lists(path)? {
+            held_out.push(
+                prepare_example(&l, &reranker)
+                    .with_context(|| format!("{}: held-out list {}", path.display(), l.id))?,
+            );
+        }
+    }
+    if !held_out.is_empty() {
+        // Held-out lists must not be trained on.
+        let trained: std::collections::HashSet<&[u32]> =
+            examples.iter().map(|e| e.tokens.as_slice()).collect();
+        let shared = held_out
+            .iter()
+            .filter(|e| trained.contains(e.tokens.as_slice()))
+            .count();
+        if shared > 0 {
+            bail!("{shared} of the --eval-data lists are also in --data; hold them out of the training lists");
+        }
     }
     if examples.is_empty() {
         bail!(
@@ -500,8 +611,10 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
     };
     let started = Instant::now();
     let mut tokens_done = 0usize;
+    let mut timings: Vec<(usize, f64)> = Vec::new();
     let mut log = |s: &firstrank_train::StepReport| {
         tokens_done += s.tokens;
+        timings.push((s.tokens, s.elapsed_s));
         let parts = [
             Some(format!("loss {:.4}", s.loss)),
             s.ranking_loss.map(|r| match s.ranking_loss_flat {
@@ -509,6 +622,7 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
                 None => format!("rank {r:.4}"),
             }),
             s.generation_loss.map(|g| format!("lm {g:.4}")),
+            s.passage_loss.map(|p| format!("passage {p:.4}")),
             Some(format!("lr {:.2e}", s.learning_rate)),
             Some(format!(
                 "{:.0} tok/s",
@@ -528,14 +642,28 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
             );
         }
     };
+    let bench_dir = match args.bench {
+        Some(_) => Some(tempfile::tempdir().context("a temporary directory for --bench")?),
+        None => None,
+    };
+    let output = match (&args.output, &bench_dir) {
+        (_, Some(tmp)) => tmp.path().to_path_buf(),
+        (Some(out), None) => out.clone(),
+        (None, None) => bail!("--output DIR is required (or --bench STEPS)"),
+    };
     let summary = train(
         &mut reranker,
         &examples,
+        &held_out,
         &opts,
-        &args.output,
+        &output,
         args.resume,
         &mut log,
     )?;
+    if args.bench.is_some() {
+        bar.finish_and_clear();
+        return report_bench(&timings, &examples, &opts, quiet);
+    }
     bar.finish_and_clear();
     if !quiet {
         eprintln!(
@@ -545,7 +673,7 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
             summary.seconds,
             summary.first_loss,
             summary.final_loss,
-            args.output.display()
+            output.display()
         );
     }
     if let (Some(r), Some(flat)) = (summary.final_ranking_loss, summary.ranking_loss_flat) {
@@ -601,6 +729,63 @@ pub fn merge(args: MergeArgs, quiet: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What `train --bench` prints: the timed steps' throughput (the first,
+/// warm-up step is left out), from the trainer's own step reports.
+fn report_bench(
+    timings: &[(usize, f64)],
+    examples: &[firstrank_train::PreparedExample],
+    opts: &TrainOptions,
+    quiet: bool,
+) -> Result<()> {
+    let (Some(&(_, warm_end)), Some(&(_, end))) = (timings.first(), timings.last()) else {
+        bail!("--bench: no step finished");
+    };
+    let timed = &timings[1..];
+    let tokens: usize = timed.iter().map(|(t, _)| t).sum();
+    let lists = timed.len() * opts.grad_accum;
+    let seconds = end - warm_end;
+    if seconds <= 0.0 || lists == 0 {
+        bail!("--bench: the timed steps took no measurable time");
+    }
+    let mean_tokens =
+        examples.iter().map(|e| e.tokens.len()).sum::<usize>() as f64 / examples.len() as f64;
+    let report = serde_json::json!({
+        "timed_steps": timed.len(),
+        "lists": lists,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens as f64 / seconds,
+        "seconds_per_list": seconds / lists as f64,
+        "lists_per_s": lists as f64 / seconds,
+        "mean_tokens_per_list": mean_tokens,
+        "micro_batch": opts.micro_batch,
+        "grad_accum": opts.grad_accum,
+        "objective": opts.objective.to_string(),
+        "peak_rss_mb": crate::bench::peak_rss_mb(),
+        "threads": rayon_threads(),
+    });
+    if !quiet {
+        eprintln!(
+            "train --bench: {:.0} tokens/s, {:.2} s per list ({} lists, {} tokens in {:.1} s after one warm-up step)",
+            tokens as f64 / seconds,
+            seconds / lists as f64,
+            lists,
+            tokens,
+            seconds
+        );
+    }
+    println!("{report}");
+    Ok(())
+}
+
+/// CPU threads the kernels use (`RAYON_NUM_THREADS`, else every core).
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::prompt::{self, IdentifierStyle, PromptOptions, PromptTemplate};
+use crate::prompt::{self, IdentifierStyle, PromptOptions, PromptTemplate, TokenCounter};
 use crate::significance::SplitMix64;
 use crate::{Candidate, Error, Request, Result};
 
@@ -312,12 +312,14 @@ pub fn fuse_with_first_stage(
 /// Makes training lists for one query: samples windows, renders each with
 /// `template`/`options`, and orders the target by `labels` (docid → grade or
 /// teacher score; docids without a label count as `default_label`).
+#[allow(clippy::too_many_arguments)]
 pub fn make_lists(
     request: &Request,
     labels: &HashMap<String, f64>,
     default_label: f64,
     template: &PromptTemplate,
     options: &PromptOptions,
+    counter: Option<&dyn TokenCounter>,
     sampling: &WindowSampling,
     rng: &mut SplitMix64,
 ) -> Result<Vec<TrainingList>> {
@@ -341,7 +343,7 @@ pub fn make_lists(
             .map(|c| labels.get(&c.docid).copied().unwrap_or(default_label))
             .collect();
         let order = target_permutation(&window_labels, picked);
-        let p = prompt::build(&request.query.text, &cands, template, options, None)
+        let p = prompt::build(&request.query.text, &cands, template, options, counter)
             .map_err(|e| Error::Invalid(format!("query {}: {e:#}", request.query.qid)))?;
         lists.push(TrainingList {
             id: format!("{}-{k}", request.query.qid),
@@ -499,6 +501,7 @@ mod tests {
             0.0,
             &template,
             &PromptOptions::rank_llm(),
+            None,
             &s,
             &mut rng,
         )
@@ -527,6 +530,7 @@ mod tests {
             0.0,
             &template,
             &PromptOptions::rank_llm(),
+            None,
             &too_big,
             &mut rng,
         )

@@ -67,7 +67,7 @@ impl BundledAdapter {
             h.update((bytes.len() as u64).to_le_bytes());
             h.update(bytes);
         }
-        crate::fetch::hex(&h.finalize())
+        crate::digest::hex(&h.finalize())
     }
 
     /// The adapter as a directory under firstrank's cache, written on first use.

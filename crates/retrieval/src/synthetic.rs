@@ -13,7 +13,10 @@
 //! - **Scores**: each distinct keyword of the passage scores `tf × idf`, tf
 //!   its count in the passage, idf `ln(N / df)` over the whole corpus (N
 //!   passages, df those holding the keyword). A keyword in every passage
-//!   scores 0 and is never drawn.
+//!   scores 0 and is never drawn; with a document-frequency ceiling
+//!   (`max_df`, a fraction of the passages), neither is a keyword held by
+//!   more than that share of them (words like "what" or "also" that the
+//!   stopword list lets through).
 //! - **Eligible passages** have at least `min_words` words and at least
 //!   `min_terms` keywords of positive score, so every query has between
 //!   `min_terms` and `max_terms` terms.
@@ -40,7 +43,7 @@ use crate::analyzer::ENGLISH_STOPWORDS;
 use crate::corpus::Document;
 
 /// What to extract.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SynthOptions {
     /// Queries to make, one per sampled passage.
     pub count: usize,
@@ -50,6 +53,9 @@ pub struct SynthOptions {
     pub max_terms: usize,
     /// Passages with fewer words are never sampled.
     pub min_words: usize,
+    /// Keywords in more than this fraction of the passages are never drawn
+    /// (None: no ceiling).
+    pub max_df: Option<f64>,
     pub seed: u64,
 }
 
@@ -60,6 +66,7 @@ impl Default for SynthOptions {
             min_terms: 3,
             max_terms: 6,
             min_words: 20,
+            max_df: None,
             seed: 1,
         }
     }
@@ -75,6 +82,12 @@ impl SynthOptions {
             self.min_terms > 0,
             "the fewest terms per query (--min-terms) must be at least 1"
         );
+        if let Some(f) = self.max_df {
+            ensure!(
+                f > 0.0 && f <= 1.0,
+                "the document-frequency ceiling (--max-df) must be a fraction in (0, 1], got {f}"
+            );
+        }
         ensure!(
             self.min_terms <= self.max_terms,
             "the fewest terms per query (--min-terms {}) exceed the most (--max-terms {})",
@@ -116,6 +129,8 @@ pub fn is_keyword(word: &str) -> bool {
 pub struct TermStats {
     num_docs: usize,
     df: HashMap<String, u32>,
+    /// Keywords in more than this many passages score 0.
+    max_df: Option<u32>,
 }
 
 impl TermStats {
@@ -136,6 +151,12 @@ impl TermStats {
 
     pub fn num_docs(&self) -> usize {
         self.num_docs
+    }
+
+    /// Leaves out keywords held by more than `fraction` of the texts.
+    pub fn with_max_df(mut self, fraction: Option<f64>) -> Self {
+        self.max_df = fraction.map(|f| (f * self.num_docs as f64).floor() as u32);
+        self
     }
 
     /// `ln(N / df)`; a word the corpus lacks counts as df 1.
@@ -159,7 +180,10 @@ impl TermStats {
             }
         }
         for (w, score) in &mut order {
-            *score *= self.idf(w);
+            let too_common = self
+                .max_df
+                .is_some_and(|max| self.df.get(w).copied().unwrap_or(0) > max);
+            *score *= if too_common { 0.0 } else { self.idf(w) };
         }
         order.retain(|(_, s)| *s > 0.0);
         order
@@ -217,7 +241,7 @@ fn query_rng(seed: u64, i: usize) -> SplitMix64 {
 pub fn synthesize(docs: &[Document], options: &SynthOptions) -> Result<Vec<SyntheticQuery>> {
     options.validate()?;
     let texts: Vec<String> = docs.iter().map(Document::indexed_text).collect();
-    let stats = TermStats::new(texts.iter().map(String::as_str));
+    let stats = TermStats::new(texts.iter().map(String::as_str)).with_max_df(options.max_df);
     let mut eligible: Vec<usize> = (0..texts.len())
         .filter(|&i| {
             words(&texts[i]).count() >= options.min_words
@@ -350,6 +374,30 @@ mod tests {
         let kept: Vec<&String> = w.iter().filter(|w| is_keyword(w)).collect();
         assert_eq!(kept, ["don", "stop", "café", "lait"]);
         assert!(!is_keyword("2019") && !is_keyword("with") && is_keyword("covid19"));
+    }
+
+    #[test]
+    fn a_document_frequency_ceiling_keeps_common_words_out() {
+        // "common" is in 3 of 4 passages, "rare" words in one each.
+        let texts = [
+            "common alpha bravo",
+            "common charlie delta",
+            "common echo foxtrot",
+            "golf hotel india",
+        ];
+        let stats = TermStats::new(texts.iter().copied());
+        let has = |s: &TermStats, w: &str| s.keyword_scores(texts[0]).iter().any(|(k, _)| k == w);
+        assert!(has(&stats, "common"));
+        let capped = TermStats::new(texts.iter().copied()).with_max_df(Some(0.5));
+        assert!(!has(&capped, "common") && has(&capped, "alpha"));
+        // At the ceiling itself a word is kept (3 of 4 = 0.75).
+        let at = TermStats::new(texts.iter().copied()).with_max_df(Some(0.75));
+        assert!(has(&at, "common"));
+        let bad = SynthOptions {
+            max_df: Some(0.0),
+            ..SynthOptions::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("--max-df"));
     }
 
     #[test]

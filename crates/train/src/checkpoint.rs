@@ -41,6 +41,7 @@ pub struct RunIdentity {
     pub warmup_steps: usize,
     pub grad_accum: usize,
     pub ranking_weight: f64,
+    pub passage_loss_weight: f64,
     /// NEFTune alpha, 0 when off.
     pub neftune_alpha: f32,
     pub weight_decay: f64,
@@ -114,16 +115,27 @@ pub fn read_checkpoint(out_dir: &Path) -> Result<Checkpoint> {
 }
 
 /// Where the process is inside [`write_checkpoint`], for the failure
-/// injection of the kill tests (`FIRSTRANK_FAULT=checkpoint:<stage>` aborts
-/// the process there, as a kill would).
-fn fault_point(stage: &str) {
-    if let Ok(spec) = std::env::var("FIRSTRANK_FAULT") {
-        if spec.strip_prefix("checkpoint:") == Some(stage) {
-            eprintln!("FIRSTRANK_FAULT: aborting at checkpoint:{stage}");
-            std::process::abort();
-        }
+/// injection of the kill tests: `FIRSTRANK_FAULT=checkpoint:<stage>[:<n>]`
+/// aborts the process (as a kill would) when the `n`-th checkpoint of this
+/// process (default: the first) reaches `stage` (`weights`, `optimizer` or
+/// `state`: after that file is written).
+fn fault_point(stage: &str, nth: usize) {
+    let Ok(spec) = std::env::var("FIRSTRANK_FAULT") else {
+        return;
+    };
+    let mut parts = spec.split(':');
+    if parts.next() != Some("checkpoint") || parts.next() != Some(stage) {
+        return;
+    }
+    let want = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+    if nth == want {
+        eprintln!("FIRSTRANK_FAULT: aborting at checkpoint {nth}, after {stage}");
+        std::process::abort();
     }
 }
+
+/// Checkpoints written by this process (for [`fault_point`]).
+static CHECKPOINTS_WRITTEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Writes the checkpoint of `state.step` into `<out_dir>/checkpoint`,
 /// replacing the previous one without ever leaving it incomplete.
@@ -136,12 +148,13 @@ pub fn write_checkpoint(
     let dir = out_dir.join(CHECKPOINT_DIR);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create checkpoint directory {}", dir.display()))?;
+    let nth = CHECKPOINTS_WRITTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     let weights_file = format!("weights-{:06}.safetensors", state.step);
     let optimizer_file = format!("optimizer-{:06}.safetensors", state.step);
     save_safetensors(weights, &dir.join(&weights_file))?;
-    fault_point("weights");
+    fault_point("weights", nth);
     save_safetensors(optimizer, &dir.join(&optimizer_file))?;
-    fault_point("optimizer");
+    fault_point("optimizer", nth);
     let state = CheckpointState {
         weights_file: Some(weights_file.clone()),
         optimizer_file: Some(optimizer_file.clone()),
@@ -149,7 +162,7 @@ pub fn write_checkpoint(
     };
     let json = serde_json::to_string_pretty(&state)? + "\n";
     write_atomically(dir.join(STATE_FILE), json.as_bytes())?;
-    fault_point("state");
+    fault_point("state", nth);
     remove_stale_files(&dir, &[&weights_file, &optimizer_file])
 }
 

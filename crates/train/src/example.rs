@@ -2,9 +2,11 @@
 //! prompt exactly as reranking builds it, then the target permutation and the
 //! end-of-turn token, with the positions the losses read (the ranking loss
 //! at the position after the assistant's `[`, where FIRST scores at
-//! inference; the generation loss over the target).
+//! inference; the generation loss over the target; the optional per-passage
+//! loss at the newline that ends each passage).
 
 use anyhow::{ensure, Result};
+use firstrank_core::prompt::PromptTemplate;
 use firstrank_core::training::TrainingList;
 use firstrank_models::chat::ChatMessage;
 use firstrank_models::reranker::LlmReranker;
@@ -21,6 +23,10 @@ pub struct PreparedExample {
     pub order: Vec<usize>,
     /// The last prompt position: positions `lm_start..` predict the target.
     pub lm_start: usize,
+    /// For each passage (window order), the position of the newline that
+    /// ends it, where the per-passage loss reads a relevance score; empty
+    /// when the template's layout does not let them be found.
+    pub passage_ends: Vec<usize>,
 }
 
 /// Tokenizes a list with the reranker's chat template and tokenizer and
@@ -58,7 +64,7 @@ pub fn prepare_example(list: &TrainingList, reranker: &LlmReranker) -> Result<Pr
     };
     let prompt_ids = tok.encode_raw(&prompt)?;
     let with_prefix = tok.encode_raw(&format!("{prompt}{}", template.assistant_prefix))?;
-    let mut tokens = tok.encode_raw(&full_text)?;
+    let (mut tokens, offsets) = tok.encode_with_offsets(&full_text)?;
     ensure!(
         tokens.starts_with(&with_prefix) && with_prefix.starts_with(&prompt_ids),
         "list {}: the prompt does not tokenize as a prefix of prompt + answer (target `{}` must start with `{}`)",
@@ -82,11 +88,65 @@ pub fn prepare_example(list: &TrainingList, reranker: &LlmReranker) -> Result<Pr
     {
         tokens.truncate(prompt_ids.len() + end + 1);
     }
+    let passage_ends = passage_end_positions(&prompt, &offsets, template, n)?
+        .filter(|ends| ends.iter().all(|&p| p < rank_position))
+        .unwrap_or_default();
     Ok(PreparedExample {
         id: list.id.clone(),
         tokens,
         rank_position,
         order,
         lm_start: prompt_ids.len() - 1,
+        passage_ends,
     })
+}
+
+/// The token positions of the newlines that end the `n` passages of
+/// `prompt` (a window rendered with `template`: each passage starts with its
+/// marker, `[A] ` for the alphabetical template, on a new line; the last
+/// one ends where the suffix starts), from the tokens' byte `offsets`. None
+/// when a marker or the suffix cannot be found in order.
+fn passage_end_positions(
+    prompt: &str,
+    offsets: &[(usize, usize)],
+    template: &PromptTemplate,
+    n: usize,
+) -> Result<Option<Vec<usize>>> {
+    let Some(marker_at) = template.passage.find("{passage}") else {
+        return Ok(None);
+    };
+    let marker = &template.passage[..marker_at];
+    let ids = template.identifiers.identifiers(n)?;
+    // Byte offsets where passages 0..n start, then where the suffix starts.
+    let mut starts = Vec::with_capacity(n + 1);
+    let mut from = 0;
+    for id in &ids {
+        let m = format!("\n{}", marker.replace("{id}", id));
+        let Some(at) = prompt[from..].find(&m) else {
+            return Ok(None);
+        };
+        starts.push(from + at + 1);
+        from += at + m.len();
+    }
+    let suffix_head: String = template.suffix.chars().take_while(|&c| c != '{').collect();
+    if suffix_head.is_empty() {
+        return Ok(None);
+    }
+    let Some(at) = prompt[from..].find(&format!("\n{suffix_head}")) else {
+        return Ok(None);
+    };
+    starts.push(from + at + 1);
+    // The newline before each next start ends a passage: the token over it.
+    let mut ends = Vec::with_capacity(n);
+    for next in &starts[1..] {
+        let newline = next - 1;
+        match offsets
+            .iter()
+            .position(|&(a, b)| a <= newline && newline < b)
+        {
+            Some(k) => ends.push(k),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(ends))
 }

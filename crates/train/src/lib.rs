@@ -10,10 +10,12 @@
 //! - [`optim`]: AdamW, schedules, clipping.
 //! - [`trainer`]: the loop.
 //! - [`checkpoint`]: resumable, crash-safe checkpoints.
+//! - [`evaluate`]: held-out pairwise accuracy for the learning curve.
 //! - [`budget`]: fitting a run into a wall-clock budget.
 
 pub mod budget;
 pub mod checkpoint;
+pub mod evaluate;
 pub mod example;
 pub mod loss;
 pub mod optim;

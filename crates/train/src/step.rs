@@ -16,6 +16,23 @@ use firstrank_models::transformer::{CausalLm, DeltaGrads, DropoutMasks, Projecti
 use crate::example::PreparedExample;
 use crate::loss::{lm_loss, weighted_ranknet, Objective};
 
+/// What the losses of a step are: the objective, the weights of its terms,
+/// and the identifier tokens the ranking terms read.
+#[derive(Debug, Clone, Copy)]
+pub struct LossSpec<'a> {
+    pub objective: Objective,
+    /// λ in `generation + λ · ranking` (combined objective).
+    pub ranking_weight: f64,
+    /// Weight of the per-passage ranking term (0: off). It reads, at the
+    /// newline that ends each passage, the logit of that passage's own
+    /// identifier, and ranks those scores with the same weighted RankNet
+    /// against the target order: 20 relevance readings per list where FIRST
+    /// has one ranking. Inference does not use them.
+    pub passage_weight: f64,
+    /// The identifier tokens (`A`, `B`, ...).
+    pub identifier_ids: &'a [u32],
+}
+
 /// The number of leading tokens of `ex` the forward pass needs: the whole
 /// sequence but its last token for objectives with a generation part, up
 /// to the ranking position otherwise.
@@ -28,11 +45,12 @@ fn forward_len(ex: &PreparedExample, objective: Objective) -> usize {
 }
 
 /// One example's loss: the total to minimise (with its graph) and the
-/// ranking and generation parts.
+/// ranking, generation and per-passage parts.
 pub struct ExampleLoss {
     pub total: Tensor,
     pub ranking: Option<f64>,
     pub generation: Option<f64>,
+    pub passage: Option<f64>,
 }
 
 /// The values of an example's losses.
@@ -41,6 +59,18 @@ pub struct LossValues {
     pub total: f64,
     pub ranking: Option<f64>,
     pub generation: Option<f64>,
+    pub passage: Option<f64>,
+}
+
+impl ExampleLoss {
+    fn values(&self) -> Result<LossValues> {
+        Ok(LossValues {
+            total: self.total.to_scalar::<f32>()? as f64,
+            ranking: self.ranking,
+            generation: self.generation,
+            passage: self.passage,
+        })
+    }
 }
 
 /// Losses of the examples of a padded batch from its final hidden states
@@ -50,46 +80,61 @@ pub fn batch_losses(
     hidden: &Tensor,
     len: usize,
     batch: &[&PreparedExample],
-    objective: Objective,
-    ranking_weight: f64,
-    identifier_ids: &[u32],
+    spec: &LossSpec<'_>,
 ) -> Result<Vec<ExampleLoss>> {
+    let objective = spec.objective;
     let mut out = Vec::with_capacity(batch.len());
     for (j, ex) in batch.iter().enumerate() {
         let upto = forward_len(ex, objective);
         let row0 = j * len;
-        let mut total: Option<Tensor> = None;
+        let n = ex.order.len();
+        let ids = &spec.identifier_ids[..n];
+        let mut terms: Vec<Tensor> = Vec::with_capacity(3);
         let mut ranking = None;
         let mut generation = None;
+        let mut passage = None;
         if objective.uses_ranking() {
             let h = hidden.narrow(0, row0 + ex.rank_position, 1)?;
-            let n = ex.order.len();
-            let scores = model
-                .logits_rows_train(&h, &identifier_ids[..n])?
-                .squeeze(0)?;
+            let scores = model.logits_rows_train(&h, ids)?.squeeze(0)?;
             let l = weighted_ranknet(&scores, &ex.order)?;
             ranking = Some(l.to_scalar::<f32>()? as f64);
             let weight = if objective == Objective::Combined {
-                ranking_weight
+                spec.ranking_weight
             } else {
                 1.0
             };
-            total = Some((l * weight)?);
+            terms.push((l * weight)?);
+        }
+        if spec.passage_weight > 0.0 && ex.passage_ends.len() == n {
+            // Passage i's score: the logit of identifier i at its end.
+            let rows: Vec<u32> = ex.passage_ends.iter().map(|&p| (row0 + p) as u32).collect();
+            let h = hidden.index_select(&Tensor::new(rows.as_slice(), hidden.device())?, 0)?;
+            let logits = model.logits_rows_train(&h, ids)?;
+            let diagonal: Vec<u32> = (0..n).map(|i| (i * n + i) as u32).collect();
+            let scores = logits
+                .flatten_all()?
+                .index_select(&Tensor::new(diagonal.as_slice(), hidden.device())?, 0)?;
+            let l = weighted_ranknet(&scores, &ex.order)?;
+            passage = Some(l.to_scalar::<f32>()? as f64);
+            terms.push((l * spec.passage_weight)?);
         }
         if objective.uses_generation() {
             let h = hidden.narrow(0, row0 + ex.lm_start, upto - ex.lm_start)?;
             let logits = model.logits_all_train(&h)?;
             let l = lm_loss(&logits, &ex.tokens[ex.lm_start + 1..])?;
             generation = Some(l.to_scalar::<f32>()? as f64);
-            total = Some(match total {
-                Some(t) => (t + l)?,
-                None => l,
-            });
+            terms.push(l);
+        }
+        let mut terms = terms.into_iter();
+        let mut total = terms.next().context("no loss")?;
+        for t in terms {
+            total = (total + t)?;
         }
         out.push(ExampleLoss {
-            total: total.context("no loss")?,
+            total,
             ranking,
             generation,
+            passage,
         });
     }
     Ok(out)
@@ -101,21 +146,11 @@ pub fn example_loss(
     model: &CausalLm,
     ctx: &TrainContext<'_>,
     ex: &PreparedExample,
-    objective: Objective,
-    ranking_weight: f64,
-    identifier_ids: &[u32],
+    spec: &LossSpec<'_>,
 ) -> Result<ExampleLoss> {
-    let upto = forward_len(ex, objective);
+    let upto = forward_len(ex, spec.objective);
     let hidden = model.forward_train(&ex.tokens[..upto], ctx)?;
-    let mut losses = batch_losses(
-        model,
-        &hidden,
-        upto,
-        &[ex],
-        objective,
-        ranking_weight,
-        identifier_ids,
-    )?;
+    let mut losses = batch_losses(model, &hidden, upto, &[ex], spec)?;
     losses.pop().context("no loss")
 }
 
@@ -146,18 +181,16 @@ fn accumulate(
 /// for the recomputation. Adds `scale ·` the gradients of the summed example
 /// losses to `grads` (one slot per `vars` entry) and returns each example's
 /// losses (values only).
-#[allow(clippy::too_many_arguments)]
 pub fn accumulate_batch_gradients(
     model: &CausalLm,
     ctx: &TrainContext<'_>,
     batch: &[&PreparedExample],
-    objective: Objective,
-    ranking_weight: f64,
-    identifier_ids: &[u32],
+    spec: &LossSpec<'_>,
     scale: f64,
     vars: &[Var],
     grads: &mut [Option<Tensor>],
 ) -> Result<Vec<LossValues>> {
+    let objective = spec.objective;
     // Recomputing a layer must drop the same inputs: a store for the masks
     // (the caller's, if it keeps one).
     let masks = DropoutMasks::default();
@@ -192,23 +225,11 @@ pub fn accumulate_batch_gradients(
     let top = Var::from_tensor(&x)?;
     drop(x);
     let hidden = model.train_final_norm(top.as_tensor())?;
-    let losses = batch_losses(
-        model,
-        &hidden,
-        tb.len(),
-        batch,
-        objective,
-        ranking_weight,
-        identifier_ids,
-    )?;
+    let losses = batch_losses(model, &hidden, tb.len(), batch, spec)?;
     let mut values = Vec::with_capacity(losses.len());
     let mut sum: Option<Tensor> = None;
     for l in losses {
-        values.push(LossValues {
-            total: l.total.to_scalar::<f32>()? as f64,
-            ranking: l.ranking,
-            generation: l.generation,
-        });
+        values.push(l.values()?);
         sum = Some(match sum {
             Some(s) => (s + l.total)?,
             None => l.total,
@@ -246,18 +267,16 @@ pub fn accumulate_batch_gradients(
 /// `scale ·` the gradients of the summed example losses to `grads`, whose
 /// slots follow `slots` (the adapters' keys in their variables' order, two
 /// variables each: `A` then `B`), and returns each example's losses.
-#[allow(clippy::too_many_arguments)]
 pub fn accumulate_lora_gradients(
     model: &CausalLm,
     ctx: &TrainContext<'_>,
     batch: &[&PreparedExample],
-    objective: Objective,
-    ranking_weight: f64,
-    identifier_ids: &[u32],
+    spec: &LossSpec<'_>,
     scale: f64,
     slots: &[(usize, Projection)],
     grads: &mut [Option<Tensor>],
 ) -> Result<Vec<LossValues>> {
+    let objective = spec.objective;
     ensure!(
         grads.len() == 2 * slots.len(),
         "{} gradient slots for {} adapters",
@@ -286,23 +305,11 @@ pub fn accumulate_lora_gradients(
     let top = Var::from_tensor(&x)?;
     drop(x);
     let hidden = model.train_final_norm(top.as_tensor())?;
-    let losses = batch_losses(
-        model,
-        &hidden,
-        tb.len(),
-        batch,
-        objective,
-        ranking_weight,
-        identifier_ids,
-    )?;
+    let losses = batch_losses(model, &hidden, tb.len(), batch, spec)?;
     let mut values = Vec::with_capacity(losses.len());
     let mut sum: Option<Tensor> = None;
     for l in losses {
-        values.push(LossValues {
-            total: l.total.to_scalar::<f32>()? as f64,
-            ranking: l.ranking,
-            generation: l.generation,
-        });
+        values.push(l.values()?);
         sum = Some(match sum {
             Some(s) => (s + l.total)?,
             None => l.total,

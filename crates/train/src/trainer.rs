@@ -22,10 +22,11 @@ use sha2::{Digest, Sha256};
 
 use crate::budget::TimeBudget;
 use crate::checkpoint::{read_checkpoint, write_checkpoint, CheckpointState, RunIdentity};
+use crate::evaluate::evaluate;
 use crate::example::PreparedExample;
 use crate::loss::{flat_ranknet_loss, Objective, FIRST_RANKING_WEIGHT};
 use crate::optim::{clip_grad_norm, learning_rate, AdamW, Schedule};
-use crate::step::{accumulate_batch_gradients, accumulate_lora_gradients};
+use crate::step::{accumulate_batch_gradients, accumulate_lora_gradients, LossSpec};
 
 /// LoRA adapters or full fine-tuning of the projection matrices.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +43,9 @@ pub struct TrainOptions {
     pub objective: Objective,
     /// λ in `generation + λ · ranking`.
     pub ranking_weight: f64,
+    /// Weight of the per-passage ranking term ([`LossSpec::passage_weight`];
+    /// 0: off, FIRST's objective as published).
+    pub passage_loss_weight: f64,
     pub adapter: AdapterKind,
     pub learning_rate: f64,
     pub schedule: Schedule,
@@ -69,6 +73,13 @@ pub struct TrainOptions {
     /// Write a resumable checkpoint every this many optimizer steps, and at
     /// the end (0: only at the end).
     pub checkpoint_every: usize,
+    /// Evaluate on the held-out lists every this many steps (0: only at
+    /// snapshots and at the end).
+    pub eval_every: usize,
+    /// Save the adapter as it stands when the run has seen each of these
+    /// numbers of lists (`<output>/snapshots/lists-NNNNNN/`), for the
+    /// learning curve's evaluations.
+    pub snapshot_lists: Vec<usize>,
 }
 
 impl Default for TrainOptions {
@@ -76,6 +87,7 @@ impl Default for TrainOptions {
         Self {
             objective: Objective::Combined,
             ranking_weight: FIRST_RANKING_WEIGHT,
+            passage_loss_weight: 0.0,
             adapter: AdapterKind::Lora(LoraConfig::default()),
             learning_rate: 2e-4,
             schedule: Schedule::Cosine,
@@ -90,6 +102,8 @@ impl Default for TrainOptions {
             neftune_alpha: Some(5.0),
             seed: 1,
             checkpoint_every: 50,
+            eval_every: 0,
+            snapshot_lists: Vec::new(),
         }
     }
 }
@@ -115,6 +129,10 @@ impl TrainOptions {
         ensure!(
             self.ranking_weight >= 0.0,
             "ranking weight must not be negative"
+        );
+        ensure!(
+            self.passage_loss_weight >= 0.0 && self.passage_loss_weight.is_finite(),
+            "the per-passage loss weight must be a non-negative number"
         );
         if let Some(t) = self.time_limit_s {
             ensure!(
@@ -144,6 +162,8 @@ pub struct StepReport {
     /// identifier logits equal ([`flat_ranknet_loss`]).
     pub ranking_loss_flat: Option<f64>,
     pub generation_loss: Option<f64>,
+    /// The per-passage ranking loss, where it is on.
+    pub passage_loss: Option<f64>,
     pub learning_rate: f64,
     pub grad_norm: f64,
     pub tokens: usize,
@@ -235,10 +255,14 @@ fn prepare_training_device(device: &Device) {
 fn prepare_training_device(_device: &Device) {}
 
 /// Trains on `examples` and writes the adapter (or projections) into
-/// `out_dir`; with `resume`, continues from `out_dir/checkpoint`.
+/// `out_dir`; with `resume`, continues from `out_dir/checkpoint`. With
+/// `held_out` lists, evaluates on them ([`crate::evaluate`]) before the first
+/// step, every `eval_every` steps, at each snapshot and at the end, and
+/// appends the results to `out_dir/eval.jsonl`.
 pub fn train(
     reranker: &mut LlmReranker,
     examples: &[PreparedExample],
+    held_out: &[PreparedExample],
     opts: &TrainOptions,
     out_dir: &Path,
     resume: bool,
@@ -343,6 +367,12 @@ pub fn train(
         SplitMix64(opts.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9)).shuffle(&mut idx);
         idx
     };
+    let spec = LossSpec {
+        objective: opts.objective,
+        ranking_weight: opts.ranking_weight,
+        passage_weight: opts.passage_loss_weight,
+        identifier_ids: &identifier_ids,
+    };
     let lora_dropout = match &opts.adapter {
         AdapterKind::Lora(c) => c.dropout,
         AdapterKind::Full => 0.0,
@@ -353,11 +383,25 @@ pub fn train(
     let mut time_budget = opts
         .time_limit_s
         .map(|limit| TimeBudget::new(limit, opts.warmup_steps));
+    if !held_out.is_empty() && !resume {
+        // The curve's first point: the model before any update.
+        log_evaluation(
+            reranker.model(),
+            &ctx_for(&trainable),
+            held_out,
+            &identifier_ids,
+            opts,
+            out_dir,
+            0,
+            0,
+        )?;
+    }
     while opt.steps() < total_steps {
         let step = opt.steps();
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let (mut loss_sum, mut rank_sum, mut gen_sum) = (0.0, 0.0, 0.0);
         let (mut rank_n, mut gen_n) = (0usize, 0usize);
+        let (mut passage_sum, mut passage_n) = (0.0, 0usize);
         let mut flat_sum = 0.0;
         let mut step_tokens = 0;
         let mut picked = Vec::with_capacity(opts.grad_accum);
@@ -386,31 +430,14 @@ pub fn train(
         };
         for micro in picked.chunks(opts.micro_batch) {
             let scale = 1.0 / opts.grad_accum as f64;
-            let (model, objective, weight) =
-                (reranker.model(), opts.objective, opts.ranking_weight);
+            let model = reranker.model();
             let values = match &lora_slots {
-                Some(slots) => accumulate_lora_gradients(
-                    model,
-                    &ctx,
-                    micro,
-                    objective,
-                    weight,
-                    &identifier_ids,
-                    scale,
-                    slots,
-                    &mut grads,
-                ),
-                None => accumulate_batch_gradients(
-                    model,
-                    &ctx,
-                    micro,
-                    objective,
-                    weight,
-                    &identifier_ids,
-                    scale,
-                    &vars,
-                    &mut grads,
-                ),
+                Some(slots) => {
+                    accumulate_lora_gradients(model, &ctx, micro, &spec, scale, slots, &mut grads)
+                }
+                None => {
+                    accumulate_batch_gradients(model, &ctx, micro, &spec, scale, &vars, &mut grads)
+                }
             }
             .with_context(|| {
                 let ids: Vec<&str> = micro.iter().map(|e| e.id.as_str()).collect();
@@ -433,6 +460,10 @@ pub fn train(
                 if let Some(g) = v.generation {
                     gen_sum += g;
                     gen_n += 1;
+                }
+                if let Some(p) = v.passage {
+                    passage_sum += p;
+                    passage_n += 1;
                 }
                 step_tokens += ex.tokens.len();
             }
@@ -466,6 +497,7 @@ pub fn train(
             ranking_loss: (rank_n > 0).then(|| rank_sum / rank_n as f64),
             ranking_loss_flat: (rank_n > 0).then(|| flat_sum / rank_n as f64),
             generation_loss: (gen_n > 0).then(|| gen_sum / gen_n as f64),
+            passage_loss: (passage_n > 0).then(|| passage_sum / passage_n as f64),
             learning_rate: lr,
             grad_norm,
             tokens: step_tokens,
@@ -488,6 +520,29 @@ pub fn train(
             };
             let weights = trainable.named_tensors(reranker.model(), DType::F32)?;
             write_checkpoint(out_dir, &weights, &opt.state()?, &state)?;
+        }
+        let lists_before = consumed - opts.grad_accum;
+        let snapshot = opts
+            .snapshot_lists
+            .iter()
+            .copied()
+            .find(|&t| lists_before < t && t <= consumed);
+        if let (Some(lists), Trainable::Lora(set)) = (snapshot, &trainable) {
+            let dir = out_dir.join("snapshots").join(format!("lists-{lists:06}"));
+            set.save(&dir, DType::F16, &base_model_id)?;
+        }
+        let eval_due = opts.eval_every > 0 && opt.steps().is_multiple_of(opts.eval_every);
+        if !held_out.is_empty() && (eval_due || snapshot.is_some() || done) {
+            log_evaluation(
+                reranker.model(),
+                &ctx_for(&trainable),
+                held_out,
+                &identifier_ids,
+                opts,
+                out_dir,
+                opt.steps(),
+                consumed,
+            )?;
         }
     }
     let seconds = elapsed_before + started.elapsed().as_secs_f64();
@@ -571,10 +626,65 @@ fn run_identity(
         warmup_steps: opts.warmup_steps,
         grad_accum: opts.grad_accum,
         ranking_weight: opts.ranking_weight,
+        passage_loss_weight: opts.passage_loss_weight,
         neftune_alpha: opts.neftune_alpha.unwrap_or(0.0),
         weight_decay: opts.weight_decay,
         max_grad_norm: opts.max_grad_norm,
         data_sha256: digest,
         examples: examples.len(),
     }
+}
+
+/// The training context of the trained adapters without dropout or noise
+/// (what evaluation runs with).
+fn ctx_for(trainable: &Trainable) -> TrainContext<'_> {
+    TrainContext {
+        adapters: match trainable {
+            Trainable::Lora(s) => Some(s),
+            Trainable::Full(_) => None,
+        },
+        ..TrainContext::default()
+    }
+}
+
+/// Evaluates on the held-out lists and appends the result to
+/// `out_dir/eval.jsonl` (the file is rewritten whole, atomically, so a kill
+/// never leaves half a line).
+#[allow(clippy::too_many_arguments)]
+fn log_evaluation(
+    model: &CausalLm,
+    ctx: &TrainContext<'_>,
+    held_out: &[PreparedExample],
+    identifier_ids: &[u32],
+    opts: &TrainOptions,
+    out_dir: &Path,
+    step: usize,
+    lists_seen: usize,
+) -> Result<()> {
+    let started = Instant::now();
+    let report = evaluate(model, ctx, held_out, identifier_ids, opts.micro_batch)?;
+    let mut line = serde_json::to_value(&report)?;
+    line["step"] = step.into();
+    line["lists_seen"] = lists_seen.into();
+    line["seconds"] = started.elapsed().as_secs_f64().into();
+    tracing::info!(
+        "held-out after {lists_seen} lists: FIRST pairwise accuracy {:.4}, top-1 {:.3}{}",
+        report.first_pairwise_accuracy,
+        report.first_top1,
+        report
+            .passage_pairwise_accuracy
+            .map(|p| format!(", per-passage pairwise accuracy {p:.4}"))
+            .unwrap_or_default()
+    );
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let path = out_dir.join("eval.jsonl");
+    let mut text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    text.push_str(&(line.to_string() + "\n"));
+    write_atomically(&path, text.as_bytes())?;
+    Ok(())
 }

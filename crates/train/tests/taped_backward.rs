@@ -5,13 +5,13 @@
 //! norms, tanh-GELU and sliding/global layers): the same losses and the same
 //! gradient for every adapter matrix on all seven projections, for padded
 //! batches of sequences of different lengths, with and without LoRA dropout
-//! masks. No model download is needed.
+//! masks and the per-passage loss. No model download is needed.
 
 use candle_core::{Device, Tensor, Var};
 use firstrank_core::significance::SplitMix64;
 use firstrank_models::adapter::{LoraConfig, LoraSet};
 use firstrank_models::transformer::{CausalLm, Projection, TrainContext, WeightMode};
-use firstrank_train::step::{accumulate_batch_gradients, accumulate_lora_gradients};
+use firstrank_train::step::{accumulate_batch_gradients, accumulate_lora_gradients, LossSpec};
 use firstrank_train::{Objective, PreparedExample};
 
 /// The tiny checkpoints live with the model crate's tests.
@@ -23,8 +23,9 @@ fn tiny_hf_dir(name: &str) -> std::path::PathBuf {
 
 const FAMILIES: &[&str] = &["qwen2", "qwen3", "llama-bias", "mistral-window", "gemma3"];
 
-/// A synthetic example of `len` tokens: the ranking position 12 tokens
-/// before the end, a 4-passage target order, the LM target after it.
+/// A synthetic example of `len` tokens: four "passages" ending at every
+/// 40th position, the ranking position 12 tokens before the end, a
+/// 4-passage target order, the LM target after it.
 fn example(id: &str, len: usize, seed: u64, vocab: usize) -> PreparedExample {
     let mut rng = SplitMix64(seed);
     let tokens: Vec<u32> = (0..len)
@@ -36,6 +37,7 @@ fn example(id: &str, len: usize, seed: u64, vocab: usize) -> PreparedExample {
         rank_position: len - 12,
         order: vec![2, 0, 3, 1],
         lm_start: len - 14,
+        passage_ends: vec![40, 80, 120, 160],
     }
 }
 
@@ -81,15 +83,17 @@ fn taped_backward_matches_autograd_on_every_family() {
         let set = adapters(&model);
         let slots: Vec<(usize, Projection)> = set.iter().map(|(k, _)| *k).collect();
         let vars: Vec<Var> = set.vars();
-        // Two lengths (one padded), both past the tiny Mistral's and
-        // Gemma's 48-token window.
-        let a = example("a", 90, 1, vocab);
-        let b = example("b", 61, 2, vocab);
+        // Two lengths (one padded), longer than the 128-query attention
+        // blocks (three blocks, the last one partial) and than the tiny
+        // Mistral's and Gemma's 48-token windows.
+        let a = example("a", 300, 1, vocab);
+        let b = example("b", 171, 2, vocab);
         let ids: Vec<u32> = (10..14).collect();
-        for (objective, dropout) in [
-            (Objective::Combined, 0.0f32),
-            (Objective::Ranking, 0.0),
-            (Objective::Combined, 0.3),
+        for (objective, dropout, passage_weight) in [
+            (Objective::Combined, 0.0f32, 0.0),
+            (Objective::Ranking, 0.0, 0.0),
+            (Objective::Combined, 0.3, 0.0),
+            (Objective::Combined, 0.0, 2.0),
         ] {
             // The same dropout masks for both passes: a shared store, drawn
             // by the first pass.
@@ -100,33 +104,35 @@ fn taped_backward_matches_autograd_on_every_family() {
                 embedding_noise: None,
                 dropout_masks: Some(&masks),
             };
+            let spec = LossSpec {
+                objective,
+                ranking_weight: 10.0,
+                passage_weight,
+                identifier_ids: &ids,
+            };
             let mut autograd: Vec<Option<Tensor>> = vec![None; vars.len()];
             let want = accumulate_batch_gradients(
                 &model,
                 &ctx,
                 &[&a, &b],
-                objective,
-                10.0,
-                &ids,
+                &spec,
                 0.5,
                 &vars,
                 &mut autograd,
             )
             .unwrap();
             let mut taped: Vec<Option<Tensor>> = vec![None; vars.len()];
-            let got = accumulate_lora_gradients(
-                &model,
-                &ctx,
-                &[&a, &b],
-                objective,
-                10.0,
-                &ids,
-                0.5,
-                &slots,
-                &mut taped,
-            )
-            .unwrap();
-            let label = format!("{name} {objective} dropout {dropout}");
+            let got =
+                accumulate_lora_gradients(&model, &ctx, &[&a, &b], &spec, 0.5, &slots, &mut taped)
+                    .unwrap();
+            if passage_weight > 0.0 {
+                assert!(
+                    got.iter().all(|v| v.passage.is_some()),
+                    "{name}: no passage loss"
+                );
+            }
+            let label =
+                format!("{name} {objective} dropout {dropout} passage weight {passage_weight}");
             for (g, w) in got.iter().zip(&want) {
                 assert!(
                     (g.total - w.total).abs() < 1e-4 * w.total.abs().max(1.0),

@@ -18,7 +18,9 @@ use firstrank_models::chat::ChatTemplate;
 use firstrank_models::gguf_tokenizer::tokenizer_from_gguf_file;
 use firstrank_models::reranker::{LlmReranker, RerankerConfig};
 use firstrank_models::transformer::{CausalLm, Projection, TrainContext, WeightMode};
-use firstrank_train::step::{accumulate_batch_gradients, accumulate_lora_gradients, example_loss};
+use firstrank_train::step::{
+    accumulate_batch_gradients, accumulate_lora_gradients, example_loss, LossSpec,
+};
 use firstrank_train::{prepare_example, train, AdapterKind, Objective, Schedule, TrainOptions};
 use transformer_support::{model_path, SMOLLM2};
 
@@ -101,6 +103,17 @@ fn training_examples_line_up_with_first_inference() {
     // The answer ends with one end-of-turn token.
     assert!(r.stop_ids().contains(ex.tokens.last().unwrap()));
     assert_eq!(ex.order, vec![1, 0, 2]);
+    // Each passage's end, where the per-passage loss reads, is the newline
+    // token after its text, in order and before the ranking position.
+    assert_eq!(ex.passage_ends.len(), 3);
+    assert!(ex.passage_ends.windows(2).all(|w| w[0] < w[1]));
+    assert!(*ex.passage_ends.last().unwrap() < ex.rank_position);
+    for (i, &p) in ex.passage_ends.iter().enumerate() {
+        let piece = r.tokenizer().decode(&[ex.tokens[p]]).unwrap();
+        assert!(piece.contains('\n'), "passage {i} ends at {piece:?}");
+        let before = r.tokenizer().decode(&ex.tokens[..p]).unwrap();
+        assert!(before.ends_with(PASSAGES_A[i]), "passage {i}: {before:?}");
+    }
     // A target that is not a permutation is refused with the list named.
     let mut bad = l.clone();
     bad.target = "[B] > [B] > [A]".into();
@@ -148,9 +161,13 @@ fn lora_gradient_through_the_model_matches_finite_differences() {
     let ids = r.identifier_ids().to_vec();
     for objective in [Objective::Ranking, Objective::Generation] {
         let loss = |ctx: &TrainContext<'_>| {
-            example_loss(model, ctx, &ex, objective, 1.0, &ids)
-                .unwrap()
-                .total
+            let spec = LossSpec {
+                objective,
+                ranking_weight: 1.0,
+                passage_weight: 0.0,
+                identifier_ids: &ids,
+            };
+            example_loss(model, ctx, &ex, &spec).unwrap().total
         };
         let l0 = loss(&ctx);
         let grads = l0.backward().unwrap();
@@ -279,13 +296,19 @@ fn check_checkpointed_gradients(layers: Option<Vec<usize>>) -> Option<LoraSet> {
     let b = prepare_example(&list("b", QUERY_B, &four, &[2, 3, 0, 1]), &r).unwrap();
     assert_ne!(a.tokens.len(), b.tokens.len());
     let vars = set.vars();
-    let objective = Objective::Combined;
+    // With the per-passage term on, so it is checked on the real model too.
+    let spec = LossSpec {
+        objective: Objective::Combined,
+        ranking_weight: 10.0,
+        passage_weight: 1.0,
+        identifier_ids: &ids,
+    };
     // Reference: each example through the plain forward pass, mean of the
     // two backward passes.
     let mut expected: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut expected_losses = Vec::new();
     for ex in [&a, &b] {
-        let l = example_loss(model, &ctx, ex, objective, 10.0, &ids).unwrap();
+        let l = example_loss(model, &ctx, ex, &spec).unwrap();
         expected_losses.push(l.total.to_scalar::<f32>().unwrap() as f64);
         let store = (l.total * 0.5).unwrap().backward().unwrap();
         for (slot, v) in expected.iter_mut().zip(&vars) {
@@ -299,32 +322,13 @@ fn check_checkpointed_gradients(layers: Option<Vec<usize>>) -> Option<LoraSet> {
     // Both batched paths: candle's autograd with per-layer recomputation,
     // and the hand-derived backward pass of the taped blocks.
     let mut checkpointed: Vec<Option<Tensor>> = vec![None; vars.len()];
-    let losses = accumulate_batch_gradients(
-        model,
-        &ctx,
-        &[&a, &b],
-        objective,
-        10.0,
-        &ids,
-        0.5,
-        &vars,
-        &mut checkpointed,
-    )
-    .unwrap();
+    let losses =
+        accumulate_batch_gradients(model, &ctx, &[&a, &b], &spec, 0.5, &vars, &mut checkpointed)
+            .unwrap();
     let slots: Vec<(usize, Projection)> = set.iter().map(|(k, _)| *k).collect();
     let mut taped: Vec<Option<Tensor>> = vec![None; vars.len()];
-    let taped_losses = accumulate_lora_gradients(
-        model,
-        &ctx,
-        &[&a, &b],
-        objective,
-        10.0,
-        &ids,
-        0.5,
-        &slots,
-        &mut taped,
-    )
-    .unwrap();
+    let taped_losses =
+        accumulate_lora_gradients(model, &ctx, &[&a, &b], &spec, 0.5, &slots, &mut taped).unwrap();
     for (l, e) in losses
         .iter()
         .chain(&taped_losses)
@@ -437,7 +441,7 @@ fn small_model_overfits_two_lists_and_the_adapter_reloads() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut reports = Vec::new();
-    let summary = train(&mut r, &examples, &opts, dir.path(), false, &mut |s| {
+    let summary = train(&mut r, &examples, &[], &opts, dir.path(), false, &mut |s| {
         reports.push((s.ranking_loss.unwrap(), s.generation_loss.unwrap(), s.loss))
     })
     .unwrap();
@@ -521,6 +525,7 @@ fn small_model_overfits_two_lists_and_the_adapter_reloads() {
     let err = train(
         &mut r3,
         &examples,
+        &[],
         &other_layers,
         dir.path(),
         true,
@@ -528,14 +533,17 @@ fn small_model_overfits_two_lists_and_the_adapter_reloads() {
     )
     .unwrap_err();
     let err = format!("{err:#}");
+    // The run identity names what differs: the adapter's layers.
     assert!(
-        err.contains("7 projections on layers 0-29 at rank")
-            && err.contains("7 projections on layers 28-29 at rank"),
+        err.contains("belongs to another run")
+            && err.contains("adapter")
+            && err.contains("layers=28,29"),
         "{err}"
     );
     let resumed = train(
         &mut r3,
         &examples,
+        &[],
         &opts_more,
         dir.path(),
         true,

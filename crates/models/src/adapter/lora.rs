@@ -519,8 +519,11 @@ impl ProjectionDelta for LoraSet {
         let Some(pair) = self.pairs.get(&(layer, proj)) else {
             return Ok(None);
         };
-        let z = x.matmul(&pair.a.as_tensor().t()?)?;
-        let delta = (z.matmul(&pair.b.as_tensor().t()?)? * pair.scale)?;
+        // Detached: the hand-derived pass must not record candle's autograd
+        // graph (which would keep every activation of the step alive).
+        let (a, b) = (pair.a.as_tensor().detach(), pair.b.as_tensor().detach());
+        let z = x.matmul(&a.t()?)?;
+        let delta = (z.matmul(&b.t()?)? * pair.scale)?;
         Ok(Some((delta, z)))
     }
 
@@ -539,11 +542,11 @@ impl ProjectionDelta for LoraSet {
             .pairs
             .get(&(layer, proj))
             .context("backward of a projection without an adapter")?;
-        let (a, b) = (pair.a.as_tensor(), pair.b.as_tensor());
+        let (a, b) = (pair.a.as_tensor().detach(), pair.b.as_tensor().detach());
         let d_b = (d_out.t()?.matmul(saved)? * pair.scale)?;
-        let d_z = (d_out.matmul(b)? * pair.scale)?;
+        let d_z = (d_out.matmul(&b)? * pair.scale)?;
         let d_a = d_z.t()?.matmul(x)?;
-        let d_x = d_z.matmul(a)?;
+        let d_x = d_z.matmul(&a)?;
         Ok((d_x, vec![d_a, d_b]))
     }
 }

@@ -23,7 +23,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use super::config::ModelConfig;
+use super::config::{HfConfig, ModelConfig};
 use super::families::{self, Family};
 use super::weights::{Linear, RowMatrix, WeightMode, WeightSource};
 
@@ -35,129 +35,6 @@ pub(crate) struct HfDirReader {
     prefix: String,
     family: &'static Family,
     device: Device,
-}
-
-/// `config.json` fields, with errors that name the file and the field.
-pub(crate) struct HfConfig<'a> {
-    pub path: &'a Path,
-    v: &'a Value,
-}
-
-impl HfConfig<'_> {
-    pub(super) fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        match self.v.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(x) => x.as_u64().map(|n| Some(n as usize)).with_context(|| {
-                format!(
-                    "{}: field `{key}` is {x}, expected a non-negative integer",
-                    self.path.display()
-                )
-            }),
-        }
-    }
-
-    pub(super) fn req_usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?
-            .with_context(|| format!("{}: field `{key}` is missing", self.path.display()))
-    }
-
-    pub(super) fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        match self.v.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(x) => x.as_f64().map(Some).with_context(|| {
-                format!(
-                    "{}: field `{key}` is {x}, expected a number",
-                    self.path.display()
-                )
-            }),
-        }
-    }
-
-    pub(super) fn opt_bool(&self, key: &str) -> Option<bool> {
-        self.v.get(key).and_then(Value::as_bool)
-    }
-
-    /// The RoPE settings of layers of `layer_type` (`full_attention`,
-    /// `sliding_attention`) under transformers 5's `rope_parameters`, which is
-    /// either one object for all layers or one per layer type.
-    pub(super) fn rope_parameters(&self, layer_type: &str) -> Option<&Value> {
-        let p = self.v.get("rope_parameters").filter(|p| p.is_object())?;
-        match p.get(layer_type) {
-            Some(per_type) if per_type.is_object() => Some(per_type),
-            _ if p.get("rope_theta").is_some() || p.get("rope_type").is_some() => Some(p),
-            _ => None,
-        }
-    }
-
-    /// RoPE base of `layer_type` layers: `rope_parameters`, else the
-    /// transformers 4 field `legacy_key`, else `default`.
-    pub(super) fn rope_theta(
-        &self,
-        layer_type: &str,
-        legacy_key: &str,
-        default: f64,
-    ) -> Result<f32> {
-        if let Some(t) = self
-            .rope_parameters(layer_type)
-            .and_then(|p| p.get("rope_theta"))
-        {
-            return t.as_f64().map(|t| t as f32).with_context(|| {
-                format!(
-                    "{}: `rope_parameters.rope_theta` is {t}, expected a number",
-                    self.path.display()
-                )
-            });
-        }
-        Ok(self.opt_f64(legacy_key)?.unwrap_or(default) as f32)
-    }
-
-    /// The linear RoPE scaling factor of `layer_type` layers (1 when there is
-    /// none), from `rope_parameters` or transformers 4's `rope_scaling`; other
-    /// scaling types are refused.
-    pub(super) fn linear_rope_scale(&self, layer_type: &str) -> Result<f32> {
-        let (s, field) = match self.rope_parameters(layer_type) {
-            Some(p) => (p, "rope_parameters"),
-            None => match self.v.get("rope_scaling").filter(|s| !s.is_null()) {
-                Some(s) => (s, "rope_scaling"),
-                None => return Ok(1.0),
-            },
-        };
-        let kind = s
-            .get("rope_type")
-            .or_else(|| s.get("type"))
-            .and_then(Value::as_str)
-            .unwrap_or(if field == "rope_scaling" {
-                "linear"
-            } else {
-                "default"
-            });
-        match kind {
-            "default" => Ok(1.0),
-            "linear" => Ok(s.get("factor").and_then(Value::as_f64).unwrap_or(1.0) as f32),
-            other => bail!(
-                "{}: `{field}` type `{other}` is not supported (only linear RoPE scaling)",
-                self.path.display()
-            ),
-        }
-    }
-
-    /// The `layer_types` list (transformers 5), checked against the layer count.
-    pub(super) fn layer_types(&self, n_layers: usize) -> Result<Option<Vec<&str>>> {
-        let Some(list) = self.v.get("layer_types").filter(|t| !t.is_null()) else {
-            return Ok(None);
-        };
-        let types: Vec<&str> = list
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        if types.len() != n_layers {
-            bail!(
-                "{}: `layer_types` must list {n_layers} strings, one per layer; found {list}",
-                self.path.display()
-            );
-        }
-        Ok(Some(types))
-    }
 }
 
 /// Opens `dir`: reads `config.json`, maps every `*.safetensors` file, and
@@ -223,10 +100,7 @@ pub(crate) fn open(dir: &Path, device: &Device) -> Result<(HfDirReader, ModelCon
             dir.display()
         );
     };
-    let cfg = HfConfig {
-        path: &config_path,
-        v: cfg_value,
-    };
+    let cfg = HfConfig::new(&config_path, cfg_value);
     let reader = HfDirReader {
         config_path: config_path.clone(),
         tensors,

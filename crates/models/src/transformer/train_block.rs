@@ -47,10 +47,8 @@ pub struct BlockTape {
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    /// Attention probabilities `[batch, kv_heads, group · len, len]`.
-    probs: Tensor,
-    /// `tanh(scores / cap)` where the model soft-caps attention logits.
-    softcap_tanh: Option<Tensor>,
+    /// The attention probabilities, one block of queries at a time.
+    attention: Vec<AttentionBlock>,
     /// Attention output before the post-attention norm (sandwich norms).
     a_pre: Option<Tensor>,
     /// Residual after attention.
@@ -59,6 +57,19 @@ pub struct BlockTape {
     up: Tensor,
     /// MLP output before the post-MLP norm (sandwich norms).
     d_pre: Option<Tensor>,
+}
+
+/// One block of queries' attention: queries `q0..q0 + len` over keys
+/// `k0..k0 + keys` (those some query of the block can see).
+struct AttentionBlock {
+    q0: usize,
+    len: usize,
+    k0: usize,
+    keys: usize,
+    /// `[batch, kv_heads, group · len, keys]`.
+    probs: Tensor,
+    /// `tanh(scores / cap)` where the model soft-caps attention logits.
+    softcap_tanh: Option<Tensor>,
 }
 
 struct AdapterTape {
@@ -90,7 +101,6 @@ impl CausalLm {
         let (rope, mask) = batch.layer_tables(l)?;
         let (b, s) = (batch.sequences(), batch.len());
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
-        let group = nh / nkv;
         let mut adapters = Vec::new();
         let mut project = |p: Projection, w: &Linear, bias: &Option<Tensor>, input: &Tensor| {
             self.tape_projection(layer, p, w, bias, input, ctx, &mut adapters)
@@ -114,28 +124,7 @@ impl CausalLm {
         let (cos, sin) = rope;
         let q = self.rope(&q1, cos, sin)?;
         let k = self.rope(&k1, cos, sin)?;
-        // Scores [b, nkv, group · s, s]: the query heads of one kv head are adjacent.
-        let qs = (q.reshape((b, nkv, group * s, hd))? * c.attn_scale)?;
-        let mut scores = qs.matmul(&k.t()?)?;
-        let softcap_tanh = match c.attn_logit_softcap {
-            Some(cap) => {
-                let t = (scores / cap)?.tanh()?;
-                scores = (&t * cap)?;
-                Some(t)
-            }
-            None => None,
-        };
-        let scores = scores
-            .reshape((b, nkv, group, s, s))?
-            .broadcast_add(mask)?
-            .reshape((b, nkv, group * s, s))?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        drop(scores);
-        let o = probs
-            .matmul(&v)?
-            .reshape((b, nh, s, hd))?
-            .transpose(1, 2)?
-            .reshape((b * s, nh * hd))?;
+        let (o, attention) = self.taped_attention(l, &q, &k, &v, mask, b, s)?;
         let a = project(Projection::O, &l.wo, &l.bo, &o)?;
         let (a, a_pre) = match &l.post_attn_norm {
             Some(n) => (rms_norm(&a, n, c.rms_eps)?, Some(a)),
@@ -163,8 +152,7 @@ impl CausalLm {
             q,
             k,
             v,
-            probs,
-            softcap_tanh,
+            attention,
             a_pre,
             x1,
             gate,
@@ -210,6 +198,142 @@ impl CausalLm {
         })
     }
 
+    /// Causal attention of `q: [b, heads, s, hd]` over `k`, `v: [b, kv_heads,
+    /// s, hd]` (after RoPE), one block of queries at a time over only the keys
+    /// the block can see (causal, and the layer's sliding window): returns the
+    /// output `[b · s, heads · hd]` and the blocks' probabilities. Masked keys
+    /// get probability exactly 0, so this equals the full masked product.
+    #[allow(clippy::too_many_arguments)]
+    fn taped_attention(
+        &self,
+        l: &super::Layer,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        b: usize,
+        s: usize,
+    ) -> Result<(Tensor, Vec<AttentionBlock>)> {
+        let c = &self.config;
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let group = nh / nkv;
+        let q = q.reshape((b, nkv, group, s, hd))?;
+        let block = self.attention_block();
+        let mut outs = Vec::with_capacity(s.div_ceil(block));
+        let mut blocks = Vec::with_capacity(s.div_ceil(block));
+        for q0 in (0..s).step_by(block) {
+            let len = block.min(s - q0);
+            let k0 = match l.spec.sliding_window {
+                Some(w) => (q0 + 1).saturating_sub(w),
+                None => 0,
+            };
+            let keys = q0 + len - k0;
+            let qb = (q
+                .narrow(3, q0, len)?
+                .contiguous()?
+                .reshape((b, nkv, group * len, hd))?
+                * c.attn_scale)?;
+            let kb = k.narrow(2, k0, keys)?;
+            let mut scores = qb.matmul(&kb.t()?)?;
+            let softcap_tanh = match c.attn_logit_softcap {
+                Some(cap) => {
+                    let t = (scores / cap)?.tanh()?;
+                    scores = (&t * cap)?;
+                    Some(t)
+                }
+                None => None,
+            };
+            let mb = mask.narrow(0, q0, len)?.narrow(1, k0, keys)?;
+            let scores = scores
+                .reshape((b, nkv, group, len, keys))?
+                .broadcast_add(&mb)?
+                .reshape((b, nkv, group * len, keys))?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            drop(scores);
+            let vb = v.narrow(2, k0, keys)?.contiguous()?;
+            outs.push(probs.matmul(&vb)?.reshape((b, nkv, group, len, hd))?);
+            blocks.push(AttentionBlock {
+                q0,
+                len,
+                k0,
+                keys,
+                probs,
+                softcap_tanh,
+            });
+        }
+        let o = Tensor::cat(&outs, 3)?
+            .reshape((b, nh, s, hd))?
+            .transpose(1, 2)?
+            .reshape((b * s, nh * hd))?;
+        Ok((o, blocks))
+    }
+
+    /// The gradients of the queries, keys and values (`[b, heads or
+    /// kv_heads, s, hd]`, after RoPE) from that of the attention output
+    /// `d_o: [b · s, heads · hd]`, block by block: with `P` a block's
+    /// probabilities, `∂V += Pᵀ·∂O`, `∂S = P ⊙ (∂P − Σ ∂P⊙P)` for
+    /// `∂P = ∂O·Vᵀ`, then `∂Q = scale · ∂S·K` and `∂K += ∂Sᵀ·(scale · Q)`.
+    fn taped_attention_backward(
+        &self,
+        tape: &BlockTape,
+        d_o: &Tensor,
+        b: usize,
+        s: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = &self.config;
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let group = nh / nkv;
+        let d_o = d_o
+            .reshape((b, s, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, nkv, group, s, hd))?;
+        let q = tape.q.reshape((b, nkv, group, s, hd))?;
+        let mut dq_blocks = Vec::with_capacity(tape.attention.len());
+        let mut dk: Option<Tensor> = None;
+        let mut dv: Option<Tensor> = None;
+        let add = |acc: &mut Option<Tensor>, part: Tensor, k0: usize, keys: usize| -> Result<()> {
+            let part = part.pad_with_zeros(2, k0, s - k0 - keys)?;
+            *acc = Some(match acc.take() {
+                Some(a) => (a + part)?,
+                None => part,
+            });
+            Ok(())
+        };
+        for blk in &tape.attention {
+            let (q0, len, k0, keys) = (blk.q0, blk.len, blk.k0, blk.keys);
+            let dob = d_o
+                .narrow(3, q0, len)?
+                .contiguous()?
+                .reshape((b, nkv, group * len, hd))?;
+            let kb = tape.k.narrow(2, k0, keys)?;
+            let vb = tape.v.narrow(2, k0, keys)?;
+            let d_probs = dob.matmul(&vb.t()?)?;
+            add(&mut dv, blk.probs.t()?.matmul(&dob)?, k0, keys)?;
+            let dot = (&d_probs * &blk.probs)?.sum_keepdim(D::Minus1)?;
+            let mut d_scores = (d_probs.broadcast_sub(&dot)? * &blk.probs)?;
+            drop((d_probs, dot));
+            if let Some(t) = &blk.softcap_tanh {
+                // scores = cap · tanh(raw / cap): ∂raw = ∂scores · (1 − tanh²).
+                d_scores = (d_scores * (1.0 - t.sqr()?)?)?;
+            }
+            let qb = (q
+                .narrow(3, q0, len)?
+                .contiguous()?
+                .reshape((b, nkv, group * len, hd))?
+                * c.attn_scale)?;
+            dq_blocks.push(
+                (d_scores.matmul(&kb.contiguous()?)? * c.attn_scale)?
+                    .reshape((b, nkv, group, len, hd))?,
+            );
+            add(&mut dk, d_scores.t()?.matmul(&qb)?, k0, keys)?;
+        }
+        let dq = Tensor::cat(&dq_blocks, 3)?.reshape((b, nh, s, hd))?;
+        let dk = dk.context("no attention blocks")?;
+        let dv = dv.context("no attention blocks")?;
+        Ok((dq, dk, dv))
+    }
+
     /// RoPE of `[batch, heads, len, head_dim]` in the model's pairing.
     fn rope(&self, t: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         Ok(match self.config.rope_style {
@@ -234,7 +358,6 @@ impl CausalLm {
         let l = self.layers.get(i).context("no such layer")?;
         let (b, s) = (tape.batch, tape.len);
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
-        let group = nh / nkv;
         let adapters = ctx.adapters;
         // ∂input of `input·Wᵀ + Δ(input ⊙ keep)` from ∂output.
         let mut back = |p: Projection, w: &Linear, d_out: &Tensor| -> Result<Tensor> {
@@ -272,26 +395,7 @@ impl CausalLm {
         };
         let d_o = back(Projection::O, &l.wo, &da)?;
         drop(da);
-        // [b·s, nh·hd] → [b, nkv, group·s, hd], the layout of the scores.
-        let d_o = d_o
-            .reshape((b, s, nh, hd))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, nkv, group * s, hd))?;
-        let d_probs = d_o.matmul(&tape.v.t()?)?;
-        let dv = tape.probs.t()?.matmul(&d_o)?;
-        drop(d_o);
-        let dot = (&d_probs * &tape.probs)?.sum_keepdim(D::Minus1)?;
-        let mut d_scores = (d_probs.broadcast_sub(&dot)? * &tape.probs)?;
-        drop((d_probs, dot));
-        if let (Some(t), Some(_)) = (&tape.softcap_tanh, c.attn_logit_softcap) {
-            // scores = cap · tanh(raw / cap): ∂raw = ∂scores · (1 − tanh²).
-            d_scores = (d_scores * (1.0 - t.sqr()?)?)?;
-        }
-        let qs = (tape.q.reshape((b, nkv, group * s, hd))? * c.attn_scale)?;
-        let dq = (d_scores.matmul(&tape.k)? * c.attn_scale)?.reshape((b, nh, s, hd))?;
-        let dk = d_scores.t()?.matmul(&qs)?;
-        drop((d_scores, qs));
+        let (dq, dk, dv) = self.taped_attention_backward(&tape, &d_o, b, s)?;
         // RoPE is a rotation: its transpose rotates by the opposite angle.
         let ((cos, sin), _) = batch.layer_tables(l)?;
         let neg_sin = sin.neg()?;

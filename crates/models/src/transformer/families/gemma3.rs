@@ -25,8 +25,7 @@
 
 use anyhow::{bail, Result};
 
-use super::super::config::{Activation, LayerSpec, Meta, ModelConfig, RopeStyle};
-use super::super::hf::HfConfig;
+use super::super::config::{Activation, HfConfig, LayerSpec, Meta, ModelConfig, RopeStyle};
 use super::Family;
 
 /// Gemma 3's standard chat template (the text-only part of

@@ -12,8 +12,7 @@
 
 use anyhow::{bail, Context, Result};
 
-use super::super::config::{Activation, LayerSpec, Meta, ModelConfig, RopeStyle};
-use super::super::hf::HfConfig;
+use super::super::config::{Activation, HfConfig, LayerSpec, Meta, ModelConfig, RopeStyle};
 use super::Family;
 
 pub(in crate::transformer) static FAMILY: Family = Family {

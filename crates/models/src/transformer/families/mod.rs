@@ -14,8 +14,7 @@ mod qwen;
 
 use anyhow::Result;
 
-use super::config::{Meta, ModelConfig};
-use super::hf::HfConfig;
+use super::config::{HfConfig, Meta, ModelConfig};
 
 /// What the loaders need to know about one model family.
 pub struct Family {
