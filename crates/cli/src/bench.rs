@@ -22,9 +22,8 @@ use crate::model_args::LlmArgs;
 #[command(after_help = "Example:\n  \
     firstrank bench --model smollm2 --input ../shared/data/dl19/bm25-top100.json --windows 4 --prefix-cache")]
 pub struct BenchArgs {
-    /// Model, as for `rerank --model`.
-    #[arg(long, short, default_value = "smollm2")]
-    pub model: String,
+    #[command(flatten)]
+    pub model: crate::model_args::ModelArg,
     /// Candidates (any `rerank` input file with texts).
     #[arg(long, short, value_name = "FILE")]
     pub input: PathBuf,
@@ -162,7 +161,7 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
             candidates: r.candidates.iter().take(args.window).cloned().collect(),
         })
         .collect();
-    let mut reranker = args.llm.load(&args.model, args.window)?;
+    let mut reranker = args.llm.load(&args.model.model, args.window)?;
     // Warm-up (allocations, kernel selection, CUDA JIT), untimed.
     reranker.set_mode(ScoringMode::First);
     reranker.score_window(&windows[0].query, &windows[0].candidates)?;

@@ -1,11 +1,29 @@
-//! Command-line options shared by every command that loads an LLM reranker
-//! (rerank now; bench and serve later), and turning them into a loaded model.
+//! Command-line options shared by every command that loads a model: the
+//! `--model` argument itself ([`ModelArg`], one definition for rerank, serve,
+//! bench, train and merge) and the LLM options ([`LlmArgs`]), and turning
+//! them into a loaded model.
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use firstrank_core::prompt::{PromptOptions, PromptTemplate};
 use firstrank_models::reranker::{LlmReranker, RerankerConfig, ScoringMode};
 use firstrank_models::transformer::WeightMode;
+
+/// The model every command loads when `--model` is not given: SmolLM2 with
+/// the FIRST adapter bundled for it.
+pub const DEFAULT_MODEL: &str = "smollm2";
+
+/// `--model`, as every command that loads a model takes it.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArg {
+    /// Model: a default model name (`smollm2`, `gemma3`, `minilm`; fetched on
+    /// first use), a GGUF file, a Hugging Face model directory, or a Hugging
+    /// Face repo id (`org/name`, or a GGUF in a repo, `org/name/file.gguf`).
+    /// Where a command reranks, `minilm` (or a sentence-transformers
+    /// directory) scores by bi-encoder cosine similarity.
+    #[arg(long, short, value_name = "MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+}
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceKind {

@@ -99,16 +99,8 @@ pub struct RerankArgs {
     #[arg(long, value_name = "SEED")]
     pub shuffle_input: Option<u64>,
 
-    /// Model: a default model name (`smollm2`, `gemma3`; fetched on first use),
-    /// a GGUF file, or a model directory; `minilm` (or a sentence-transformers
-    /// directory) reranks by bi-encoder cosine similarity instead.
-    #[arg(
-        long,
-        short,
-        value_name = "MODEL",
-        required_unless_present = "diagnostic_scorer"
-    )]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub model: crate::model_args::ModelArg,
     #[command(flatten)]
     pub llm: crate::model_args::LlmArgs,
 
@@ -148,7 +140,7 @@ impl RerankArgs {
 }
 
 fn build_scorer(args: &RerankArgs) -> Result<Box<dyn WindowScorer>> {
-    match (args.diagnostic_scorer, &args.model) {
+    match (args.diagnostic_scorer, &args.model.model) {
         (Some(DiagnosticScorer::Oracle), _) => {
             let Some(path) = &args.qrels else {
                 bail!("--diagnostic-scorer oracle needs --qrels FILE");
@@ -158,14 +150,13 @@ fn build_scorer(args: &RerankArgs) -> Result<Box<dyn WindowScorer>> {
             }))
         }
         (Some(DiagnosticScorer::Reverse), _) => Ok(Box::new(ReverseScorer)),
-        (None, Some(model)) => {
+        (None, model) => {
             let max_window = match args.strategy {
                 StrategyKind::Sliding => args.window.min(args.top_k),
                 StrategyKind::Single => args.window,
             };
             args.llm.load_scorer(model, max_window)
         }
-        (None, None) => bail!("no scorer: pass --model"),
     }
 }
 

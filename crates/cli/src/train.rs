@@ -27,7 +27,7 @@ use firstrank_models::transformer::WeightMode;
 use firstrank_train::{prepare_example, train, AdapterKind, Objective, Schedule, TrainOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::model_args::LlmArgs;
+use crate::model_args::{LlmArgs, ModelArg};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Teacher {
@@ -241,18 +241,24 @@ pub fn label(args: LabelArgs, quiet: bool) -> Result<()> {
     firstrank train --model smollm2 --data lists.jsonl --output adapters/smollm2-first"
 )]
 pub struct TrainArgs {
-    /// Base model: `smollm2`, `gemma3`, or a GGUF file (trained in f32).
-    #[arg(long, default_value = "smollm2")]
-    pub model: String,
+    /// The base model (trained in f32, always without a bundled adapter).
+    #[command(flatten)]
+    pub model: ModelArg,
     /// Training lists (rank_zephyr conversation JSONL); repeat for several files.
     #[arg(long, required = true, value_name = "FILE")]
     pub data: Vec<PathBuf>,
     /// Directory for the adapter, `training.json` and the checkpoint.
-    #[arg(long, short, value_name = "DIR", required_unless_present = "bench")]
+    #[arg(long, short, value_name = "DIR", required_unless_present_any = ["bench", "diagnose"])]
     pub output: Option<PathBuf>,
     /// Continue from `<output>/checkpoint`.
     #[arg(long, conflicts_with = "bench")]
     pub resume: bool,
+    /// Diagnose the data instead of training: for N lists of each `--data`
+    /// file, the nuclear norm and effective rank of the gradients each list
+    /// sends into each adapted layer's fresh LoRA adapters (mean over the
+    /// layer's projections and the lists), printed per source and layer.
+    #[arg(long, value_name = "N", conflicts_with_all = ["bench", "resume", "output"])]
+    pub diagnose: Option<usize>,
     /// Measure the recipe instead of training: one warm-up step, then STEPS
     /// timed steps (in a temporary directory, nothing kept); prints tokens/s,
     /// seconds per list and peak memory.
@@ -338,6 +344,11 @@ pub struct TrainArgs {
     /// `<output>/eval.jsonl`. Repeat for several files.
     #[arg(long, value_name = "FILE")]
     pub eval_data: Vec<PathBuf>,
+    /// Keep the frozen layers (below the lowest adapter) in exact f32 on CPUs
+    /// with AVX512-BF16, where they otherwise multiply in bf16 (twice as
+    /// fast; the trained layers and gradients are f32 either way).
+    #[arg(long)]
+    pub frozen_f32: bool,
     /// Evaluate on `--eval-data` every N optimizer steps (0: only at
     /// snapshots and at the end).
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -470,6 +481,7 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
         neftune_alpha: (args.neftune > 0.0).then_some(args.neftune),
         seed: args.seed,
         checkpoint_every: args.checkpoint_every,
+        bf16_frozen: !args.frozen_f32,
         eval_every: args.eval_every,
         snapshot_lists: args.snapshot_lists.clone(),
     };
@@ -523,7 +535,7 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
         candle_core::cuda::set_gemm_reduced_precision_f32(true);
     }
     // Training starts from the base model, never from a bundled adapter.
-    let mut reranker = args.llm.load_base(&args.model, max_window)?;
+    let mut reranker = args.llm.load_base(&args.model.model, max_window)?;
     debug_assert_eq!(reranker.model().weight_mode(), WeightMode::DequantizedF32);
     if let AdapterKind::Lora(lora) = &mut opts.adapter {
         let n_layers = reranker.model().config().n_layers;
@@ -532,10 +544,21 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
     } else if args.lora_layers != LayerSpec::All {
         bail!("--lora-layers applies to LoRA adapters, not --full");
     }
-    let mut examples = Vec::with_capacity(lists.len());
+    if let Some(n) = args.diagnose {
+        return diagnose(&args, &reranker, &opts, n, quiet);
+    }
+    // Tokenizing tens of thousands of lists takes minutes on one core: all
+    // cores share it (the tokenizer is read-only).
+    let prepared: Vec<_> = {
+        use rayon::prelude::*;
+        lists
+            .par_iter()
+            .map(|l| prepare_example(l, &reranker))
+            .collect::<Result<_>>()?
+    };
+    let mut examples = Vec::with_capacity(prepared.len());
     let mut too_long = 0;
-    for l in &lists {
-        let ex = prepare_example(l, &reranker)?;
+    for ex in prepared {
         if ex.tokens.len() > args.max_tokens {
             too_long += 1;
             continue;
@@ -692,9 +715,9 @@ pub fn run(mut args: TrainArgs, quiet: bool) -> Result<()> {
 #[command(after_help = "Example:\n  \
     firstrank merge --model smollm2 --adapter adapters/smollm2-first --output smollm2-first.gguf")]
 pub struct MergeArgs {
-    /// Base model: `smollm2`, `gemma3`, or a GGUF file.
-    #[arg(long)]
-    pub model: String,
+    /// The base model (a GGUF file).
+    #[command(flatten)]
+    pub model: ModelArg,
     /// LoRA adapter directory (`firstrank train` output or any PEFT LoRA for this model).
     #[arg(long, value_name = "DIR")]
     pub adapter: PathBuf,
@@ -710,7 +733,7 @@ pub fn merge(args: MergeArgs, quiet: bool) -> Result<()> {
     use firstrank_models::adapter::merge::merge_into_gguf;
     use firstrank_models::fetch::{resolve_model_arg, ModelLocation};
     let merged = args.merged_type;
-    let base = match resolve_model_arg(&args.model)? {
+    let base = match resolve_model_arg(&args.model.model)? {
         ModelLocation::Gguf { path, .. } => path,
         ModelLocation::HfDir { dir, .. } => bail!(
             "{}: merging writes GGUF files; give a GGUF base model",
@@ -727,6 +750,75 @@ pub fn merge(args: MergeArgs, quiet: bool) -> Result<()> {
             args.adapter.display(),
             args.output.display()
         );
+    }
+    Ok(())
+}
+
+/// `train --diagnose N`: gradient spectra of N lists of each data file.
+fn diagnose(
+    args: &TrainArgs,
+    reranker: &firstrank_models::reranker::LlmReranker,
+    opts: &TrainOptions,
+    n: usize,
+    quiet: bool,
+) -> Result<()> {
+    use firstrank_models::adapter::LoraSet;
+    use firstrank_models::transformer::TrainContext;
+    use firstrank_train::diagnose::gradient_spectra;
+    use firstrank_train::step::LossSpec;
+    if n == 0 {
+        bail!("--diagnose needs at least 1 list per source");
+    }
+    let AdapterKind::Lora(config) = &opts.adapter else {
+        bail!("--diagnose measures LoRA adapter gradients; it does not apply to --full");
+    };
+    let set = LoraSet::new(reranker.model(), config, opts.seed)?;
+    let slots: Vec<_> = set.iter().map(|(k, _)| *k).collect();
+    // Dropout and noise off: the spectra of the data, not of the noise.
+    let ctx = TrainContext {
+        adapters: Some(&set),
+        ..TrainContext::default()
+    };
+    let spec = LossSpec {
+        objective: opts.objective,
+        ranking_weight: opts.ranking_weight,
+        passage_weight: opts.passage_loss_weight,
+        identifier_ids: reranker.identifier_ids(),
+    };
+    for path in &args.data {
+        let mut lists = read_training_lists(path)?;
+        SplitMix64(opts.seed).shuffle(&mut lists);
+        let mut examples = Vec::with_capacity(n);
+        for l in lists.iter().take(n) {
+            examples.push(prepare_example(l, reranker)?);
+        }
+        let started = Instant::now();
+        let spectra = gradient_spectra(reranker.model(), &ctx, &examples, &spec, &slots)?;
+        for s in &spectra {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "source": path.display().to_string(),
+                    "lists": examples.len(),
+                    "layer": s.layer,
+                    "nuclear_norm": s.nuclear_norm,
+                    "effective_rank": s.effective_rank,
+                })
+            );
+        }
+        if !quiet {
+            let mean = |f: fn(&firstrank_train::diagnose::LayerSpectrum) -> f64| {
+                spectra.iter().map(f).sum::<f64>() / spectra.len().max(1) as f64
+            };
+            eprintln!(
+                "{}: {} lists in {:.0}s; mean over layers: nuclear norm {:.4}, effective rank {:.3}",
+                path.display(),
+                examples.len(),
+                started.elapsed().as_secs_f64(),
+                mean(|s| s.nuclear_norm),
+                mean(|s| s.effective_rank)
+            );
+        }
     }
     Ok(())
 }

@@ -11,10 +11,12 @@
 //! - [`trainer`]: the loop.
 //! - [`checkpoint`]: resumable, crash-safe checkpoints.
 //! - [`evaluate`]: held-out pairwise accuracy for the learning curve.
+//! - [`diagnose`]: layer-wise gradient spectra of data sources.
 //! - [`budget`]: fitting a run into a wall-clock budget.
 
 pub mod budget;
 pub mod checkpoint;
+pub mod diagnose;
 pub mod evaluate;
 pub mod example;
 pub mod loss;

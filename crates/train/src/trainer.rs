@@ -73,6 +73,9 @@ pub struct TrainOptions {
     /// Write a resumable checkpoint every this many optimizer steps, and at
     /// the end (0: only at the end).
     pub checkpoint_every: usize,
+    /// On CPUs with AVX512-BF16, run the frozen layers' projections in bf16
+    /// (`CausalLm::bf16_frozen_layers`); false keeps them exact f32.
+    pub bf16_frozen: bool,
     /// Evaluate on the held-out lists every this many steps (0: only at
     /// snapshots and at the end).
     pub eval_every: usize,
@@ -102,6 +105,7 @@ impl Default for TrainOptions {
             neftune_alpha: Some(5.0),
             seed: 1,
             checkpoint_every: 50,
+            bf16_frozen: true,
             eval_every: 0,
             snapshot_lists: Vec::new(),
         }
@@ -289,6 +293,13 @@ pub fn train(
             Trainable::Full(vars)
         }
     };
+    if let (Trainable::Lora(set), true) = (&trainable, opts.bf16_frozen) {
+        if let Some(lowest) = set.lowest_layer() {
+            if reranker.model_mut().bf16_frozen_layers(lowest)? {
+                tracing::info!("layers below {lowest} (frozen) multiply in bf16");
+            }
+        }
+    }
     let vars = trainable.vars();
     // LoRA runs take the hand-derived backward pass; its gradients come by
     // adapter, in the variables' order (two each: A, B).

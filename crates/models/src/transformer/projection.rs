@@ -66,7 +66,7 @@ impl Projection {
             "up" => Projection::Up,
             "down" => Projection::Down,
             _ => bail!(
-                "unknown projection `{name}`; expected some of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"
+                "unknown LoRA target `{name}`; expected some of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"
             ),
         })
     }

@@ -168,6 +168,26 @@ impl CausalLm {
         )
     }
 
+    /// For training on a CPU with AVX512-BF16: the projections of the
+    /// layers below `below` (the frozen ones, which run forward only) multiply
+    /// in bf16 with f32 accumulation from weights packed once, as
+    /// quantized-mode prefill does, about twice the f32 rate. Their outputs
+    /// feed the trained layers rounded as a bf16 base would be (the trained
+    /// layers and every gradient stay f32). Returns whether it applied (false
+    /// on other CPUs and devices, where nothing changes).
+    pub fn bf16_frozen_layers(&mut self, below: usize) -> Result<bool> {
+        if !(self.device.is_cpu() && super::bf16_gemm::available()) {
+            return Ok(false);
+        }
+        for layer in self.layers.iter_mut().take(below) {
+            for l in layer.projections_mut() {
+                l.allow_bf16_prefill();
+                l.prepack_bf16()?;
+            }
+        }
+        Ok(true)
+    }
+
     /// The final RMSNorm, differentiable.
     pub fn train_final_norm(&self, x: &Tensor) -> Result<Tensor> {
         rms_norm_train(x, &self.final_norm, self.config.rms_eps)

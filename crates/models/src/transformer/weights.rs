@@ -248,6 +248,14 @@ impl Linear {
         }
     }
 
+    /// Lets a dense f32 weight's prefill multiply in bf16 (as a
+    /// quantized-mode model's weights do); the weight itself stays f32.
+    pub fn allow_bf16_prefill(&mut self) {
+        if let Linear::Dense { bf16_prefill, .. } = self {
+            *bf16_prefill = true;
+        }
+    }
+
     /// Packs the weight for bf16 prefill once and keeps it (twice the
     /// weight's element count in bytes), so that prefill neither dequantizes
     /// nor packs per call; nothing for exact f32 weights or off the CPU.
