@@ -47,7 +47,10 @@ fn read_eval(path: &str) -> Result<Curve, Box<dyn Error>> {
     Ok(c)
 }
 
-fn read_ndcg(path: &str) -> Result<Vec<(f64, Option<f64>, Option<f64>)>, Box<dyn Error>> {
+/// One row of the nDCG table: lists seen + 1, DL19, DL20.
+type NdcgRow = (f64, Option<f64>, Option<f64>);
+
+fn read_ndcg(path: &str) -> Result<Vec<NdcgRow>, Box<dyn Error>> {
     let mut rows = Vec::new();
     for (i, line) in std::fs::read_to_string(path)?.lines().enumerate().skip(1) {
         let cells: Vec<&str> = line.split('\t').collect();

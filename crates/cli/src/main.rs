@@ -9,6 +9,7 @@ mod model_args;
 mod models;
 mod pipeline;
 mod progress;
+mod quick;
 mod rerank;
 mod retrieval;
 mod serve;

@@ -38,12 +38,32 @@ pub enum DiagnosticScorer {
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     firstrank rerank --input ../shared/data/dl19/bm25-top100.json --output dl19.trec --diagnostic-scorer oracle --qrels ../shared/data/dl19/qrels.txt\n  \
+    firstrank rerank --query \"how long do fleas live\" --doc \"Paris is the capital of France.\" --doc \"Adult fleas live two to three months.\"\n  \
     firstrank rerank --input run.trec --topics topics.tsv --corpus corpus.jsonl --output out.trec --output-jsonl out.jsonl ...")]
 pub struct RerankArgs {
+    /// Rank documents for this one query, without any data file: give the
+    /// documents with --doc (repeatable) or --docs FILE. Prints them best
+    /// first (a table, or JSON with --json).
+    #[arg(
+        long,
+        value_name = "TEXT",
+        conflicts_with_all = ["input", "output", "output_jsonl", "resume", "qrels", "eval", "diagnostic_scorer", "shuffle_input", "limit"]
+    )]
+    pub query: Option<String>,
+    /// A document to rank for --query (repeat for each document).
+    #[arg(long, value_name = "TEXT", requires = "query")]
+    pub doc: Vec<String>,
+    /// Documents to rank for --query, one per line; `-` reads stdin.
+    #[arg(long, value_name = "FILE", requires = "query")]
+    pub docs: Option<PathBuf>,
+    /// With --query: print `[{"index", "score", "document"}]`, best first, as JSON.
+    #[arg(long, requires = "query")]
+    pub json: bool,
+
     /// Candidates: rank_llm retrieve_results JSON, rank_llm request JSONL, or a
     /// TREC run (then also --topics and --corpus). The format is detected.
-    #[arg(long, short, value_name = "FILE")]
-    pub input: PathBuf,
+    #[arg(long, short, value_name = "FILE", required_unless_present = "query")]
+    pub input: Option<PathBuf>,
     /// Topics for a TREC-run input: `qid<TAB>query` per line.
     #[arg(long, value_name = "FILE", requires = "corpus")]
     pub topics: Option<PathBuf>,
@@ -55,7 +75,7 @@ pub struct RerankArgs {
         long,
         short,
         value_name = "FILE",
-        required_unless_present = "output_jsonl"
+        required_unless_present_any = ["output_jsonl", "query"]
     )]
     pub output: Option<PathBuf>,
     /// rank_llm-style JSONL result: reordered candidates with raw model scores and every window's scores.
@@ -127,15 +147,23 @@ impl RerankArgs {
         Ok(s)
     }
 
-    fn input_spec(&self) -> InputSpec {
-        match (&self.topics, &self.corpus) {
+    /// The candidates file; clap requires it unless --query is given.
+    fn input_path(&self) -> Result<&PathBuf> {
+        self.input
+            .as_ref()
+            .ok_or_else(|| anyhow!("--input FILE is required (or --query with --doc)"))
+    }
+
+    fn input_spec(&self) -> Result<InputSpec> {
+        let input = self.input_path()?.clone();
+        Ok(match (&self.topics, &self.corpus) {
             (Some(topics), Some(corpus)) => InputSpec::RunWithTexts {
-                run: self.input.clone(),
+                run: input,
                 topics: topics.clone(),
                 corpus: corpus.clone(),
             },
-            _ => InputSpec::Auto(self.input.clone()),
-        }
+            _ => InputSpec::Auto(input),
+        })
     }
 }
 
@@ -195,8 +223,11 @@ fn count_queries_in_background(spec: InputSpec, bar: indicatif::ProgressBar, lim
 }
 
 pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
+    if let Some(query) = &args.query {
+        return crate::quick::run(&args, query, quiet);
+    }
     let strategy = args.strategy()?;
-    let spec = args.input_spec();
+    let spec = args.input_spec()?;
     // Open the input first: a bad file fails before any output is touched.
     let requests = open_requests(&spec)?;
     let mut scorer = build_scorer(&args)?;
@@ -243,7 +274,7 @@ pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
             if !seen.insert(request.query.qid.clone()) {
                 bail!(
                     "{}: query {} appears twice in the input; merge its candidates or remove one",
-                    args.input.display(),
+                    args.input_path()?.display(),
                     request.query.qid
                 );
             }

@@ -6,7 +6,10 @@ mod support;
 
 use std::path::Path;
 
-use support::{firstrank, minilm_available, p, shared, stderr, stdout, trec_metric as metric};
+use support::{
+    firstrank, minilm_available, p, require_models, shared, stderr, stdout,
+    trec_metric as metric,
+};
 
 #[test]
 fn eval_reproduces_anserini_bm25_on_dl19_and_dl20() {
@@ -527,8 +530,7 @@ fn bench_times_first_and_generation_on_the_same_windows() {
         "{}",
         stderr(&bad)
     );
-    if std::env::var("FIRSTRANK_FETCH_MODELS").as_deref() != Ok("1") {
-        eprintln!("SKIP: model part (set FIRSTRANK_FETCH_MODELS=1)");
+    if !require_models("bench's model part") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -563,8 +565,7 @@ fn bench_times_first_and_generation_on_the_same_windows() {
 #[test]
 fn smollm2_reranks_with_its_bundled_adapter_unless_told_otherwise() {
     let Some(s) = shared() else { return };
-    if std::env::var("FIRSTRANK_FETCH_MODELS").as_deref() != Ok("1") {
-        eprintln!("SKIP: needs the default models (set FIRSTRANK_FETCH_MODELS=1)");
+    if !require_models("the bundled-adapter test") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -756,7 +757,7 @@ fn training_commands_reject_bad_configs_clearly() {
 fn an_interrupted_command_leaves_no_output_and_no_temp_file() {
     let Some(s) = shared() else { return };
     if !minilm_available() {
-        eprintln!("skipping: the minilm model is not cached");
+        support::skip_or_fail("the minilm model is not cached (set FIRSTRANK_FETCH_MODELS=1)");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

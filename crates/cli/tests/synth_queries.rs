@@ -20,7 +20,7 @@ fn synth_queries_find_their_source_passage_with_bm25() {
     let Some(shared) = shared() else { return };
     let cands = shared.join("data/dl22-unlabeled/bm25-top100.json");
     if !cands.exists() {
-        eprintln!("skipping: {} not found", cands.display());
+        support::skip_or_fail(&format!("{} not found", cands.display()));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -10,6 +10,8 @@ pub mod metrics;
 pub mod prompt;
 pub mod qrels;
 pub mod significance;
+#[doc(hidden)]
+pub mod testing;
 pub mod textfix;
 pub mod training;
 pub mod window;

@@ -39,13 +39,11 @@ fn read_json(path: PathBuf) -> Value {
 
 fn check(model: &str, fixture: &str) {
     let Some(shared) = shared_dir() else {
-        eprintln!("SKIP: shared/fixtures not found (set FIRSTRANK_SHARED)");
+        firstrank_core::testing::skip_or_fail("shared/fixtures not found (set FIRSTRANK_SHARED)");
         return;
     };
     let Some(path) = model_path(model) else {
-        eprintln!(
-            "SKIP: model {model} not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)"
-        );
+        firstrank_core::testing::skip_or_fail(&format!("model {model} not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)"));
         return;
     };
     let dir = shared.join("fixtures").join(fixture);

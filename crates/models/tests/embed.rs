@@ -28,11 +28,11 @@ fn model_dir() -> Option<PathBuf> {
 
 fn setup() -> Option<(SentenceEncoder, Value)> {
     let Some(shared) = shared_dir() else {
-        eprintln!("SKIP: shared/fixtures not found (set FIRSTRANK_SHARED)");
+        firstrank_core::testing::skip_or_fail("shared/fixtures not found (set FIRSTRANK_SHARED)");
         return None;
     };
     let Some(dir) = model_dir() else {
-        eprintln!("SKIP: model minilm not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)");
+        firstrank_core::testing::skip_or_fail("model minilm not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)");
         return None;
     };
     let path = shared.join("fixtures/all-minilm-l6-v2/embeddings.json");

@@ -174,7 +174,7 @@ fn reranker(dir: &Path, weights: WeightMode) -> LlmReranker {
 /// ids exactly, f32 logits within 1e-3; bf16 weights keep the order close.
 fn check(case: &ModelCase, chat_template: Option<&str>) {
     let Some(gguf) = model_path(case.file) else {
-        eprintln!("SKIP: {} not found", case.file);
+        firstrank_core::testing::skip_or_fail(&format!("{} not found", case.file));
         return;
     };
     let Some(windows) = fixture(case, "windows.json") else {

@@ -8,8 +8,13 @@ use std::process::Output;
 
 use assert_cmd::Command;
 
+/// The workspace's skip policy: a SKIP line, or a failure under
+/// `FIRSTRANK_REQUIRE_DATA=1` (CI).
+pub use firstrank_core::testing::skip_or_fail;
+
 /// `FIRSTRANK_SHARED`, else `../shared` beside the checkout; None (with a
-/// message) when the data is not there.
+/// message, or a failure under FIRSTRANK_REQUIRE_DATA=1) when the data is not
+/// there.
 pub fn shared() -> Option<PathBuf> {
     let dir = std::env::var_os("FIRSTRANK_SHARED")
         .map(PathBuf::from)
@@ -17,9 +22,23 @@ pub fn shared() -> Option<PathBuf> {
     if dir.join("data/dl19/qrels.txt").exists() {
         Some(dir)
     } else {
-        eprintln!("skipping: shared data not found at {}", dir.display());
+        skip_or_fail(&format!(
+            "shared data not found at {} (set FIRSTRANK_SHARED)",
+            dir.display()
+        ));
         None
     }
+}
+
+/// Whether the tests may load the default models (`FIRSTRANK_FETCH_MODELS=1`
+/// fetches them on first use); otherwise skips, or fails under
+/// FIRSTRANK_REQUIRE_DATA=1.
+pub fn require_models(what: &str) -> bool {
+    if std::env::var("FIRSTRANK_FETCH_MODELS").as_deref() == Ok("1") {
+        return true;
+    }
+    skip_or_fail(&format!("{what} needs the default models (set FIRSTRANK_FETCH_MODELS=1)"));
+    false
 }
 
 /// Whether the MiniLM encoder can be loaded: cached, or FIRSTRANK_FETCH_MODELS=1

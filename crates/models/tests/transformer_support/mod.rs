@@ -64,7 +64,7 @@ pub fn fixture(case: &ModelCase, name: &str) -> Option<Value> {
     match std::fs::read_to_string(&p) {
         Ok(s) => Some(serde_json::from_str(&s).expect("fixture JSON parses")),
         Err(_) => {
-            eprintln!("SKIP: fixture {} not found", p.display());
+            firstrank_core::testing::skip_or_fail(&format!("fixture {} not found", p.display()));
             None
         }
     }
@@ -85,7 +85,7 @@ pub fn model(case: &ModelCase, mode: WeightMode) -> Option<Shared> {
     CELLS[idx]
         .get_or_init(|| {
             let Some(path) = model_path(case.file) else {
-                eprintln!("SKIP: model file {} not found", case.file);
+                firstrank_core::testing::skip_or_fail(&format!("model file {} not found", case.file));
                 return None;
             };
             let t = std::time::Instant::now();

@@ -1,0 +1,90 @@
+//! `firstrank rerank --query ... --doc ...`: ranking documents given on the
+//! command line, with no data files, as the README's first command does.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command as StdCommand, Stdio};
+
+use support::{firstrank, require_models, stderr, stdout};
+
+#[test]
+fn documents_on_the_command_line_come_back_ranked_as_json_and_as_a_table() {
+    if !require_models("the default reranker (smollm2)") {
+        return;
+    }
+    let fleas = "Adult fleas live two to three months; without a host, a week or two.";
+    let paris = "Paris is the capital and most populous city of France.";
+    let o = firstrank(&[
+        "rerank",
+        "-q",
+        "--query",
+        "how long do fleas live",
+        "--doc",
+        paris,
+        "--doc",
+        fleas,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON on stdout");
+    let ranked = v.as_array().expect("a JSON array");
+    assert_eq!(ranked.len(), 2);
+    let mut indices: Vec<u64> = ranked.iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    for r in ranked {
+        let i = r["index"].as_u64().unwrap() as usize;
+        assert_eq!(r["document"].as_str().unwrap(), [paris, fleas][i]);
+        assert!(r["score"].as_f64().unwrap().is_finite());
+    }
+    // Best first: the scores of one window are comparable.
+    assert!(ranked[0]["score"].as_f64().unwrap() >= ranked[1]["score"].as_f64().unwrap());
+    indices.sort();
+    assert_eq!(indices, [0, 1]);
+
+    // The table, with the documents read from stdin.
+    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("firstrank"))
+        .args(["rerank", "-q", "--query", "how long do fleas live", "--docs", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{paris}\n\n{fleas}").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("rank"), "{text}");
+    let first_index = ranked[0]["index"].as_u64().unwrap();
+    assert!(
+        lines[1].contains(&format!("  {first_index}  ")),
+        "the table agrees with the JSON order: {text}"
+    );
+}
+
+#[test]
+fn quick_mode_refuses_what_it_cannot_do_before_loading_a_model() {
+    for (args, needle) in [
+        (vec!["rerank", "--query", "q"], "--query needs documents"),
+        (vec!["rerank", "--query", "q", "--doc", " "], "document 1 is empty"),
+        (vec!["rerank", "--query", "", "--doc", "a"], "--query is empty"),
+        (
+            vec!["rerank", "--query", "q", "--doc", "a", "--input", "x.json"],
+            "cannot be used with",
+        ),
+        (vec!["rerank", "--doc", "a", "--output", "o.trec"], "--query"),
+        (
+            vec!["rerank", "--query", "q", "--docs", "/nonexistent/docs.txt"],
+            "/nonexistent/docs.txt",
+        ),
+    ] {
+        let o = firstrank(&args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    // Without --query, --input is still required.
+    let o = firstrank(&["rerank", "--output", "o.trec"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--input"), "{}", stderr(&o));
+}
