@@ -20,19 +20,14 @@ pub enum ServeDiagnostic {
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
-    firstrank serve --model smollm2\n  \
+    firstrank serve\n  \
     FIRSTRANK_API_KEY=secret firstrank serve --model model.gguf --host 0.0.0.0 --port 9000\n  \
     curl -s localhost:8080/v1/rerank -d '{\"query\": \"capital of France\", \"documents\": [\"Berlin\", \"Paris is the capital of France\"]}'")]
 pub struct ServeArgs {
-    /// Model: a default model name (`smollm2`, `gemma3`; fetched on first use) or a GGUF file.
-    /// Loaded once at start; requests cannot change it.
-    #[arg(
-        long,
-        short,
-        value_name = "MODEL",
-        required_unless_present = "diagnostic_scorer"
-    )]
-    pub model: Option<String>,
+    /// The model, loaded once at start (requests cannot change it); the
+    /// default model when absent.
+    #[command(flatten)]
+    pub model: crate::model_args::ModelArg,
     #[command(flatten)]
     pub llm: crate::model_args::LlmArgs,
 
@@ -184,15 +179,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let mut initial_seconds_per_window = None;
     let (scorer, counter, name): (BoxScorer, Option<SharedTokenCounter>, String) =
-        match (&args.model, args.diagnostic_scorer) {
-            (_, Some(ServeDiagnostic::Lexical)) => (
+        match args.diagnostic_scorer {
+            Some(ServeDiagnostic::Lexical) => (
                 Box::new(LexicalScorer {
                     delay_per_window: Duration::from_millis(args.diagnostic_delay_ms),
                 }),
                 None,
                 "lexical-diagnostic".to_string(),
             ),
-            (Some(model), None) => {
+            None => {
+                let model = &args.model.model;
                 let reranker = args
                     .llm
                     .load(model, args.window)
@@ -203,7 +199,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 let name = reranker.name().to_string();
                 (Box::new(reranker), Some(counter), name)
             }
-            (None, None) => bail!("no scorer: pass --model"),
         };
     let config = ServerConfig {
         model_name: args.served_model_name.clone().unwrap_or(name),
@@ -232,4 +227,33 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let server = Server::new(config, scorer, counter)?;
     server.run(SocketAddr::new(args.host, args.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Cmd::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|c| c.serve)
+    }
+
+    #[test]
+    fn model_defaults_to_the_default_model() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.model.model, crate::model_args::DEFAULT_MODEL);
+        assert_eq!(parse(&["-m", "x.gguf"]).unwrap().model.model, "x.gguf");
+        // The diagnostic scorer needs no model, and conflicts with an explicit one.
+        assert!(parse(&["--diagnostic-scorer", "lexical"]).is_ok());
+        let e = parse(&["--model", "x.gguf", "--diagnostic-scorer", "lexical"])
+            .expect_err("--model with --diagnostic-scorer must be refused");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
 }

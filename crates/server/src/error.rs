@@ -6,7 +6,8 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+
+use crate::types::ErrorBody;
 
 /// An error answer. Built by validation, admission control and the worker.
 #[derive(Debug, Clone)]
@@ -17,13 +18,6 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (429/503).
     pub retry_after: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    error: &'a str,
-    error_type: &'a str,
-    message: &'a str,
 }
 
 impl ApiError {
@@ -73,10 +67,10 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&Body {
-            error: &self.message,
-            error_type: self.kind,
-            message: &self.message,
+        let body = serde_json::to_vec(&ErrorBody {
+            error: self.message.clone(),
+            error_type: self.kind.to_string(),
+            message: self.message.clone(),
         })
         .unwrap_or_else(|_| b"{\"error\":\"internal error\"}".to_vec());
         let mut resp = (self.status, body).into_response();

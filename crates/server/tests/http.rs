@@ -916,3 +916,62 @@ async fn default_model_over_http_matches_the_library() {
 fn candle_device() -> candle_core::Device {
     candle_core::Device::Cpu
 }
+
+/// The OpenAPI document is generated from the code: every route the router
+/// serves is in it under its method, and every documented operation is
+/// served (not 404 or 405).
+#[tokio::test]
+async fn every_route_is_in_the_openapi_document() {
+    let server = Server::new(ServerConfig::default(), Box::new(Overlap::default()), None).unwrap();
+    let routes = server.routes();
+    assert!(routes.len() >= 9, "{routes:?}");
+    let doc = serde_json::to_value(firstrank_server::openapi::document()).unwrap();
+    for (method, path) in &routes {
+        assert!(
+            doc["paths"][path].get(method).is_some(),
+            "{method} {path} is served but not in the OpenAPI document"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(server.serve(listener, async {
+        let _ = rx.await;
+    }));
+    let served: Value = client()
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served, doc, "/openapi.json serves the generated document");
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            assert!(
+                routes.contains(&(method.as_str(), path.as_str())),
+                "{method} {path} is documented but not in the router's route list"
+            );
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = client()
+                .request(m, format!("{base}{path}"))
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                ![404, 405].contains(&r.status().as_u16()),
+                "{method} {path} answers {}",
+                r.status()
+            );
+        }
+    }
+    // Health is documented as needing no key; the rest use the bearer scheme.
+    assert_eq!(doc["paths"]["/health"]["get"]["security"], json!([{}]));
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["schemas"]["RerankRequest"].is_object());
+    let _ = tx.send(());
+    handle.await.unwrap().unwrap();
+}

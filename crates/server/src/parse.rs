@@ -1,90 +1,21 @@
-//! Request parsing, validation and response shapes of the rerank endpoints.
+//! Parsing and validation of the rerank request bodies into
+//! [`RerankInput`] (and core `Request`s for the batch endpoint).
 //!
 //! Bodies are parsed into a `serde_json::Value` first and then checked field
 //! by field by hand (rather than with derived structs) so that every wrong
 //! input gets a message naming the field (`documents[3]`), the distinction
 //! between "not JSON" (400) and "wrong JSON" (422) is exact, and the shape can
-//! be told from the fields present (llama.cpp's rule: `texts` means TEI).
-//!
-//! Shapes (see the README's "Serving" section for the honoured fields):
-//! * Cohere v1/v2 and Jina, llama.cpp: `{"query", "documents": [str | {"text", "title"?}],
-//!   "top_n"?, "return_documents"?, "model"?, "max_tokens_per_doc"?, "raw_scores"?}`
-//!   answered by `{"id", "model", "object", "results": [{"index", "relevance_score",
-//!   "document"?, "raw_score"?}], "usage", "meta"}`.
-//! * TEI: `{"query", "texts": [str], "return_text"?, "raw_scores"?, "truncate"?}`
-//!   answered by `[{"index", "score", "text"?}]`.
-//! * Batch: rank_llm request JSON (`{"query": {"text", "qid"}, "candidates":
-//!   [{"docid", "score", "doc": {"contents"|"text"|..., "title"?}}]}`), as a JSON
-//!   array, `{"requests": [...]}` or one object per line; answered by rank_llm
-//!   result JSONL (core's `format_jsonl`), one line per query in input order.
+//! be told from the fields present (llama.cpp's rule: `texts` means TEI). The
+//! accepted shapes are the request types of [`crate::types`].
 
 use std::collections::HashSet;
 
-use firstrank_core::window::RerankOutcome;
 use firstrank_core::{Candidate, Query, Request};
-use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::config::Limits;
 use crate::error::ApiError;
-use crate::Limits;
-
-/// Which response shape a rerank request gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
-    /// Cohere v1 / Jina / llama.cpp: `documents` in, `results` object out.
-    Jina,
-    /// Cohere v2 (`/v2/rerank`): same fields, documents not returned by default.
-    CohereV2,
-    /// Hugging Face TEI: `texts` in, a bare array out.
-    Tei,
-}
-
-/// One document to rerank, as given.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Doc {
-    pub text: String,
-    pub title: Option<String>,
-}
-
-/// A validated rerank request.
-#[derive(Debug, Clone)]
-pub struct RerankInput {
-    pub shape: Shape,
-    pub query: String,
-    pub docs: Vec<Doc>,
-    pub top_n: Option<usize>,
-    pub return_documents: bool,
-    pub raw_scores: bool,
-    /// TEI `truncate: true`: cut documents over the byte limit instead of a 413.
-    pub truncate: bool,
-    /// Cohere v2 `max_tokens_per_doc`: each document is cut to this many tokens.
-    pub max_tokens_per_doc: Option<usize>,
-}
-
-impl RerankInput {
-    /// The request handed to the window strategy: docids are the input
-    /// indices, first-stage order is the input order.
-    pub fn to_request(&self) -> Request {
-        let n = self.docs.len();
-        Request {
-            query: Query {
-                qid: "0".into(),
-                text: self.query.clone(),
-            },
-            candidates: self
-                .docs
-                .iter()
-                .enumerate()
-                .map(|(i, d)| Candidate {
-                    docid: i.to_string(),
-                    score: (n - i) as f64,
-                    title: d.title.clone(),
-                    text: d.text.clone(),
-                })
-                .collect(),
-        }
-    }
-}
+use crate::types::{Doc, RerankInput, Shape};
 
 /// Parses bytes as JSON: 400 for anything that is not a JSON document.
 pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
@@ -495,119 +426,6 @@ fn parse_json_stream(body: &[u8]) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
-// ---------------------------------------------------------------------------
-// Responses
-
-/// Rank-based relevance in (0, 1]: 1 for the top document, 1/n for the last.
-pub fn rank_score(rank: usize, n: usize) -> f64 {
-    (n - rank) as f64 / n as f64
-}
-
-#[derive(Serialize)]
-struct DocumentOut<'a> {
-    text: &'a str,
-}
-
-#[derive(Serialize)]
-struct JinaResult<'a> {
-    index: usize,
-    relevance_score: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    raw_score: Option<Option<f32>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    document: Option<DocumentOut<'a>>,
-}
-
-#[derive(Serialize)]
-struct Usage {
-    prompt_tokens: usize,
-    total_tokens: usize,
-}
-
-#[derive(Serialize)]
-struct JinaResponse<'a> {
-    id: &'a str,
-    model: &'a str,
-    object: &'static str,
-    results: Vec<JinaResult<'a>>,
-    usage: Usage,
-    meta: Value,
-}
-
-#[derive(Serialize)]
-struct TeiResult<'a> {
-    index: usize,
-    score: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    text: Option<&'a str>,
-}
-
-/// The response body for `input` given the reranked `outcome`.
-pub fn render(
-    input: &RerankInput,
-    outcome: &RerankOutcome,
-    model: &str,
-    id: &str,
-    tokens: usize,
-) -> Value {
-    let n = outcome.ranked.len();
-    let keep = input.top_n.unwrap_or(n).min(n);
-    // docids are the input indices (see RerankInput::to_request).
-    let index_of = |rank: usize| outcome.ranked[rank].original_rank;
-    match input.shape {
-        Shape::Tei => {
-            let results: Vec<TeiResult> = (0..keep)
-                .map(|r| {
-                    let c = &outcome.ranked[r];
-                    TeiResult {
-                        index: index_of(r),
-                        score: if input.raw_scores {
-                            c.model_score.map(f64::from)
-                        } else {
-                            Some(rank_score(r, n))
-                        },
-                        text: input
-                            .return_documents
-                            .then(|| input.docs[c.original_rank].text.as_str()),
-                    }
-                })
-                .collect();
-            serde_json::to_value(results).unwrap_or(Value::Null)
-        }
-        Shape::Jina | Shape::CohereV2 => {
-            let results: Vec<JinaResult> = (0..keep)
-                .map(|r| {
-                    let c = &outcome.ranked[r];
-                    JinaResult {
-                        index: index_of(r),
-                        relevance_score: rank_score(r, n),
-                        raw_score: input.raw_scores.then_some(c.model_score),
-                        document: input.return_documents.then(|| DocumentOut {
-                            text: input.docs[c.original_rank].text.as_str(),
-                        }),
-                    }
-                })
-                .collect();
-            let resp = JinaResponse {
-                id,
-                model,
-                object: "list",
-                results,
-                usage: Usage {
-                    prompt_tokens: tokens,
-                    total_tokens: tokens,
-                },
-                meta: serde_json::json!({
-                    "api_version": {"version": if input.shape == Shape::CohereV2 { "2" } else { "1" }},
-                    "billed_units": {"search_units": 1},
-                    "tokens": {"input_tokens": tokens, "output_tokens": 0},
-                }),
-            };
-            serde_json::to_value(resp).unwrap_or(Value::Null)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -711,11 +529,5 @@ mod tests {
                 .as_u16(),
             422
         );
-    }
-
-    #[test]
-    fn rank_scores_are_in_unit_interval_and_decrease() {
-        let s: Vec<f64> = (0..5).map(|r| rank_score(r, 5)).collect();
-        assert_eq!(s, vec![1.0, 0.8, 0.6, 0.4, 0.2]);
     }
 }

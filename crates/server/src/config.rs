@@ -1,0 +1,83 @@
+//! The server's configuration: per-request limits and everything else
+//! [`crate::Server`] needs besides the scorer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use firstrank_core::prompt::TokenCounter;
+use firstrank_core::window::WindowStrategy;
+
+/// Counts tokens for the limits and the `usage` fields (the model's tokenizer).
+pub type SharedTokenCounter = Arc<dyn TokenCounter + Send + Sync>;
+
+/// Per-request limits. Over a limit: 413 with a JSON error naming it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Limits {
+    /// Documents per rerank request (candidates per query in a batch).
+    pub max_documents: usize,
+    /// Bytes of one document (text + title) and of the query.
+    pub max_document_bytes: usize,
+    /// Tokens of the query plus all documents of one query.
+    pub max_total_tokens: usize,
+    /// Bytes of a request body.
+    pub max_body_bytes: usize,
+    /// Queries in one batch request.
+    pub max_batch_queries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_documents: 100,
+            max_document_bytes: 64 * 1024,
+            max_total_tokens: 100_000,
+            max_body_bytes: 2 * 1024 * 1024,
+            max_batch_queries: 64,
+        }
+    }
+}
+
+/// Everything the server needs besides the scorer.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Reported as `model` in responses and on `/info`.
+    pub model_name: String,
+    pub strategy: WindowStrategy,
+    pub limits: Limits,
+    /// Jobs that may wait for the worker; beyond this, 429.
+    pub queue_capacity: usize,
+    /// Queries the worker scores together (lockstep windows).
+    pub max_batch_queries: usize,
+    /// Requests being read, validated, queued or scored at once; beyond, 429.
+    pub max_concurrent_requests: usize,
+    /// How long a rerank request may wait and run before a 503.
+    pub request_timeout: Duration,
+    /// The same for the batch endpoint.
+    pub batch_timeout: Duration,
+    /// How long reading a request body may take before a 408.
+    pub body_read_timeout: Duration,
+    /// Bearer key required on every route but `/health`.
+    pub api_key: Option<String>,
+    /// Seconds one window takes, measured before serving (e.g. a warm-up
+    /// window); admission control uses it until real batches are measured.
+    /// Without it, requests are admitted up to the queue capacity until then.
+    pub initial_seconds_per_window: Option<f64>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            model_name: "firstrank".into(),
+            strategy: WindowStrategy::sliding(20, 10, usize::MAX),
+            limits: Limits::default(),
+            queue_capacity: 64,
+            max_batch_queries: 4,
+            max_concurrent_requests: 128,
+            request_timeout: Duration::from_secs(120),
+            batch_timeout: Duration::from_secs(600),
+            body_read_timeout: Duration::from_secs(30),
+            api_key: None,
+            initial_seconds_per_window: None,
+        }
+    }
+}
