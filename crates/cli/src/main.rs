@@ -90,7 +90,11 @@ fn main() -> ExitCode {
         remove_unfinished_outputs_on_interrupt();
     }
     let result = match cli.command {
-        Command::Rerank(args) => rerank::run(*args, cli.quiet),
+        Command::Rerank(args) => match args.query.clone() {
+            // No data file: documents on the command line.
+            Some(query) => quick::run(&args, &query, cli.quiet),
+            None => rerank::run(*args, cli.quiet),
+        },
         Command::Eval(args) => eval::run(args, cli.quiet),
         Command::Models(cmd) => models::run(cmd),
         Command::Label(args) => train::label(args, cli.quiet),

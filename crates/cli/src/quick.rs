@@ -61,10 +61,7 @@ pub fn documents(args: &RerankArgs) -> Result<Vec<String>> {
         docs.extend(read_docs_file(path)?);
     }
     if let Some(i) = docs.iter().position(|d| d.trim().is_empty()) {
-        bail!(
-            "document {} is empty; give each --doc some text",
-            i + 1
-        );
+        bail!("document {} is empty; give each --doc some text", i + 1);
     }
     if docs.is_empty() {
         bail!("--query needs documents to rank: --doc TEXT (repeatable) or --docs FILE (one per line, - for stdin)");
@@ -131,7 +128,11 @@ pub fn run(args: &RerankArgs, query: &str, quiet: bool) -> Result<()> {
         serde_json::to_writer_pretty(&mut out, &ranked)?;
         writeln!(out)?;
     } else {
-        let width = if stdout.is_terminal() { 100 } else { usize::MAX };
+        let width = if stdout.is_terminal() {
+            100
+        } else {
+            usize::MAX
+        };
         write_table(&mut out, &ranked, width)?;
     }
     out.flush()?;
@@ -141,7 +142,11 @@ pub fn run(args: &RerankArgs, query: &str, quiet: bool) -> Result<()> {
 /// A plain table: rank, score, input index, the document (cut to fit
 /// `width` columns on a terminal).
 fn write_table(out: &mut impl Write, ranked: &[RankedDocument], width: usize) -> Result<()> {
-    writeln!(out, "{:>4}  {:>8}  {:>5}  document", "rank", "score", "index")?;
+    writeln!(
+        out,
+        "{:>4}  {:>8}  {:>5}  document",
+        "rank", "score", "index"
+    )?;
     for (rank, r) in ranked.iter().enumerate() {
         let score = r.score.map_or("-".to_string(), |s| format!("{s:.3}"));
         let room = width.saturating_sub(27).max(20);

@@ -223,8 +223,10 @@ fn count_queries_in_background(spec: InputSpec, bar: indicatif::ProgressBar, lim
 }
 
 pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
-    if let Some(query) = &args.query {
-        return crate::quick::run(&args, query, quiet);
+    if args.query.is_some() {
+        bail!(
+            "--query reranks documents given on the command line; main dispatches it to quick::run"
+        );
     }
     let strategy = args.strategy()?;
     let spec = args.input_spec()?;

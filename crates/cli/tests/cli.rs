@@ -7,8 +7,7 @@ mod support;
 use std::path::Path;
 
 use support::{
-    firstrank, minilm_available, p, require_models, shared, stderr, stdout,
-    trec_metric as metric,
+    firstrank, minilm_available, p, require_models, shared, stderr, stdout, trec_metric as metric,
 };
 
 #[test]

@@ -179,7 +179,9 @@ fn bm25_then_oracle_rerank_reaches_the_ideal_order() {
 #[test]
 fn dense_oracle_feedback_moves_the_relevant_passage_up() {
     if !minilm_available() {
-        support::skip_or_fail("model minilm not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)");
+        support::skip_or_fail(
+            "model minilm not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
+        );
         return;
     }
     let bed = Bed::new();

@@ -30,7 +30,10 @@ fn documents_on_the_command_line_come_back_ranked_as_json_and_as_a_table() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON on stdout");
     let ranked = v.as_array().expect("a JSON array");
     assert_eq!(ranked.len(), 2);
-    let mut indices: Vec<u64> = ranked.iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    let mut indices: Vec<u64> = ranked
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
     for r in ranked {
         let i = r["index"].as_u64().unwrap() as usize;
         assert_eq!(r["document"].as_str().unwrap(), [paris, fleas][i]);
@@ -43,7 +46,14 @@ fn documents_on_the_command_line_come_back_ranked_as_json_and_as_a_table() {
 
     // The table, with the documents read from stdin.
     let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("firstrank"))
-        .args(["rerank", "-q", "--query", "how long do fleas live", "--docs", "-"])
+        .args([
+            "rerank",
+            "-q",
+            "--query",
+            "how long do fleas live",
+            "--docs",
+            "-",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -67,13 +77,22 @@ fn documents_on_the_command_line_come_back_ranked_as_json_and_as_a_table() {
 fn quick_mode_refuses_what_it_cannot_do_before_loading_a_model() {
     for (args, needle) in [
         (vec!["rerank", "--query", "q"], "--query needs documents"),
-        (vec!["rerank", "--query", "q", "--doc", " "], "document 1 is empty"),
-        (vec!["rerank", "--query", "", "--doc", "a"], "--query is empty"),
+        (
+            vec!["rerank", "--query", "q", "--doc", " "],
+            "document 1 is empty",
+        ),
+        (
+            vec!["rerank", "--query", "", "--doc", "a"],
+            "--query is empty",
+        ),
         (
             vec!["rerank", "--query", "q", "--doc", "a", "--input", "x.json"],
             "cannot be used with",
         ),
-        (vec!["rerank", "--doc", "a", "--output", "o.trec"], "--query"),
+        (
+            vec!["rerank", "--doc", "a", "--output", "o.trec"],
+            "--query",
+        ),
         (
             vec!["rerank", "--query", "q", "--docs", "/nonexistent/docs.txt"],
             "/nonexistent/docs.txt",

@@ -19,7 +19,9 @@ fn smollm2_available() -> bool {
     let ok =
         firstrank_models::fetch::default_model("smollm2").is_some_and(|m| m.cached_path().exists());
     if !ok {
-        support::skip_or_fail("SmolLM2 not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)");
+        support::skip_or_fail(
+            "SmolLM2 not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
+        );
     }
     ok
 }

@@ -43,7 +43,9 @@ fn check(model: &str, fixture: &str) {
         return;
     };
     let Some(path) = model_path(model) else {
-        firstrank_core::testing::skip_or_fail(&format!("model {model} not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)"));
+        firstrank_core::testing::skip_or_fail(&format!(
+            "model {model} not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)"
+        ));
         return;
     };
     let dir = shared.join("fixtures").join(fixture);

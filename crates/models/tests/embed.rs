@@ -32,7 +32,9 @@ fn setup() -> Option<(SentenceEncoder, Value)> {
         return None;
     };
     let Some(dir) = model_dir() else {
-        firstrank_core::testing::skip_or_fail("model minilm not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)");
+        firstrank_core::testing::skip_or_fail(
+            "model minilm not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
+        );
         return None;
     };
     let path = shared.join("fixtures/all-minilm-l6-v2/embeddings.json");

@@ -100,10 +100,17 @@ fn tiny_hf_models_stay_close_with_q8_0_weights() {
         let mut model =
             CausalLm::load_hf_dir(tiny_hf_dir(name), WeightMode::Quantized, &Device::Cpu)
                 .unwrap_or_else(|err| panic!("{name}: {err:#}"));
-        // Logits here reach ±3.3-4.9; Q8_0 weights and 8-bit decode
-        // activations moved them by 0.05-0.13 when this was written. A
-        // missing bias or norm moves them by whole units.
-        assert_incremental_logits(&mut model, &e, 0.25, name);
+        // Q8_0 weights and 8-bit decode activations move the logits by a
+        // few percent of their range: 0.05-0.13 where they reach ±3.3-4.9,
+        // 0.44 for Gemma 3, whose scaled embeddings take them to ±10.7. The
+        // bound is 5 % of the largest expected |logit|; a missing bias or
+        // norm moves them by whole units.
+        let range = e
+            .logits
+            .iter()
+            .flat_map(|(_, l)| l.iter())
+            .fold(0f32, |m, v| m.max(v.abs()));
+        assert_incremental_logits(&mut model, &e, 0.05 * range, name);
     }
 }
 

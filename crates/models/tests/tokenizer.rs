@@ -49,11 +49,15 @@ fn setup(model: &'static str) -> Option<&'static Setup> {
     let cell = if model == "smollm2" { &SMOL } else { &GEMMA };
     cell.get_or_init(|| {
         let Some(shared) = shared_dir() else {
-            firstrank_core::testing::skip_or_fail("shared/fixtures not found (set FIRSTRANK_SHARED)");
+            firstrank_core::testing::skip_or_fail(
+                "shared/fixtures not found (set FIRSTRANK_SHARED)",
+            );
             return None;
         };
         let Some(path) = model_path(model) else {
-            firstrank_core::testing::skip_or_fail(&format!("model {model} not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)"));
+            firstrank_core::testing::skip_or_fail(&format!(
+                "model {model} not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)"
+            ));
             return None;
         };
         let t0 = std::time::Instant::now();

@@ -47,7 +47,9 @@ const DOCS: [(&str, &str); 6] = [
 #[test]
 fn dense_and_hybrid_retrieval() {
     let Some(dir) = model_dir() else {
-        firstrank_core::testing::skip_or_fail("model minilm not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)");
+        firstrank_core::testing::skip_or_fail(
+            "model minilm not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
+        );
         return;
     };
     let encoder = SentenceEncoder::load(&dir, &Device::Cpu).unwrap();

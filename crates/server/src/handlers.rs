@@ -20,11 +20,11 @@ use crate::config::{ServerConfig, SharedTokenCounter};
 use crate::engine::{self, Engine};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::parse;
 use crate::types::{
     self, AnyRerankRequest, AnyRerankResponse, BatchRequest, ErrorBody, HealthResponse,
     InfoResponse, RankLlmRequest, RerankRequest, RerankResponse,
 };
-use crate::{openapi, parse};
 
 /// What every handler shares.
 pub(crate) struct AppState {
@@ -170,20 +170,6 @@ pub(crate) async fn metrics_text(State(state): State<Arc<AppState>>) -> Response
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
         state.metrics.render(),
-    )
-        .into_response()
-}
-
-/// This document (OpenAPI 3.1, generated from the types).
-#[utoipa::path(get, path = "/openapi.json", tag = "status",
-    responses((status = 200, description = "The OpenAPI document", body = Object)))]
-pub(crate) async fn openapi_json() -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        openapi::json(),
     )
         .into_response()
 }

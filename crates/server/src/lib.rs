@@ -92,7 +92,7 @@ fn build_router(state: &Arc<AppState>) -> (Router, Vec<(&'static str, &'static s
     let protected = Routes::new()
         .add("get", "/info", get(handlers::info))
         .add("get", "/metrics", get(handlers::metrics_text))
-        .add("get", "/openapi.json", get(handlers::openapi_json));
+        .add("get", "/openapi.json", get(openapi::serve));
     let open = Routes::new().add("get", "/health", get(handlers::health));
     let mut list = open.list;
     list.extend(protected.list);

@@ -7,6 +7,9 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
 use crate::handlers;
 use crate::types;
 
@@ -30,7 +33,7 @@ use crate::types;
         handlers::health,
         handlers::info,
         handlers::metrics_text,
-        handlers::openapi_json,
+        serve,
     ),
     components(schemas(
         types::ErrorBody,
@@ -90,4 +93,18 @@ pub fn json() -> &'static str {
             format!("{{\"error\": \"cannot serialize the OpenAPI document: {e}\"}}")
         })
     })
+}
+
+/// This document (OpenAPI 3.1, generated from the types).
+#[utoipa::path(get, path = "/openapi.json", tag = "status",
+    responses((status = 200, description = "The OpenAPI document", body = Object)))]
+pub(crate) async fn serve() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json(),
+    )
+        .into_response()
 }

@@ -828,7 +828,9 @@ async fn metrics_health_info_and_openapi() {
 #[tokio::test]
 async fn default_model_over_http_matches_the_library() {
     if std::env::var("FIRSTRANK_FETCH_MODELS").as_deref() != Ok("1") {
-        eprintln!("skipped: set FIRSTRANK_FETCH_MODELS=1 to run the default-model server test");
+        firstrank_core::testing::skip_or_fail(
+            "the default-model server test needs FIRSTRANK_FETCH_MODELS=1",
+        );
         return;
     }
     use firstrank_models::reranker::{LlmReranker, RerankerConfig};

@@ -85,7 +85,9 @@ const PASSAGES_B: [&str; 3] = [
 #[test]
 fn training_examples_line_up_with_first_inference() {
     let Some(r) = reranker(WeightMode::DequantizedF32) else {
-        firstrank_core::testing::skip_or_fail("SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)");
+        firstrank_core::testing::skip_or_fail(
+            "SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
+        );
         return;
     };
     let l = list("a", QUERY_A, &PASSAGES_A, &[1, 0, 2]);
@@ -148,7 +150,9 @@ fn small_lora_with_nonzero_b(model: &CausalLm, layers: Option<Vec<usize>>) -> Lo
 #[test]
 fn lora_gradient_through_the_model_matches_finite_differences() {
     let Some(r) = reranker(WeightMode::DequantizedF32) else {
-        firstrank_core::testing::skip_or_fail("SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)");
+        firstrank_core::testing::skip_or_fail(
+            "SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
+        );
         return;
     };
     let model = r.model();
@@ -229,7 +233,9 @@ fn checkpointed_batch_gradients_equal_per_example_backward() {
 #[test]
 fn adapters_on_upper_layers_train_and_reload() {
     let Some(r) = reranker(WeightMode::DequantizedF32) else {
-        firstrank_core::testing::skip_or_fail("SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)");
+        firstrank_core::testing::skip_or_fail(
+            "SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
+        );
         return;
     };
     let Some(set) = check_checkpointed_gradients(Some(vec![29, 21, 25])) else {
@@ -278,7 +284,9 @@ fn adapters_on_upper_layers_train_and_reload() {
 /// passes for a LoRA on `layers`; returns the adapters.
 fn check_checkpointed_gradients(layers: Option<Vec<usize>>) -> Option<LoraSet> {
     let Some(r) = reranker(WeightMode::DequantizedF32) else {
-        firstrank_core::testing::skip_or_fail("SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)");
+        firstrank_core::testing::skip_or_fail(
+            "SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
+        );
         return None;
     };
     let model = r.model();
@@ -376,7 +384,9 @@ fn check_checkpointed_gradients(layers: Option<Vec<usize>>) -> Option<LoraSet> {
 #[test]
 fn small_model_overfits_two_lists_and_the_adapter_reloads() {
     let Some(mut r) = reranker(WeightMode::DequantizedF32) else {
-        firstrank_core::testing::skip_or_fail("SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)");
+        firstrank_core::testing::skip_or_fail(
+            "SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
+        );
         return;
     };
     // Targets chosen against the model's zero-shot preference, so the test

@@ -37,7 +37,9 @@ pub fn require_models(what: &str) -> bool {
     if std::env::var("FIRSTRANK_FETCH_MODELS").as_deref() == Ok("1") {
         return true;
     }
-    skip_or_fail(&format!("{what} needs the default models (set FIRSTRANK_FETCH_MODELS=1)"));
+    skip_or_fail(&format!(
+        "{what} needs the default models (set FIRSTRANK_FETCH_MODELS=1)"
+    ));
     false
 }
 

@@ -85,7 +85,10 @@ pub fn model(case: &ModelCase, mode: WeightMode) -> Option<Shared> {
     CELLS[idx]
         .get_or_init(|| {
             let Some(path) = model_path(case.file) else {
-                firstrank_core::testing::skip_or_fail(&format!("model file {} not found", case.file));
+                firstrank_core::testing::skip_or_fail(&format!(
+                    "model file {} not found",
+                    case.file
+                ));
                 return None;
             };
             let t = std::time::Instant::now();
