@@ -11,7 +11,10 @@
 # Defaults: 7,000 synthetic queries x 3 lists + 76 DL22 queries x 20 lists,
 # passages cut to MAX_PASSAGE_TOKENS=64 tokens of SmolLM2's tokenizer; the
 # last 100 synthetic queries and the DL22 queries listed in HELD_OUT_DL22
-# (default: 10 of them) are labelled into held-out.jsonl instead.
+# (default: 10 of them) are labelled into held-out.jsonl instead. ORDER
+# (default shuffled) is how each window's passages are shown: `shuffled`
+# keeps a student from learning the first-stage position instead of
+# relevance; `first-stage` shows them as reranking does.
 #
 # Outputs in OUT_DIR: synth.tsv + synth-qrels.txt (the queries and their
 # source passages), pool/ (BM25 index of the pool), synth-bm25.jsonl,
@@ -23,6 +26,7 @@ per_synth=${3:-3}
 fr=${FIRSTRANK:-firstrank}
 cands=${DL22_CANDIDATES:-../shared/data/dl22-unlabeled/bm25-top100.json}
 tokens=${MAX_PASSAGE_TOKENS:-64}
+order=${ORDER:-shuffled}
 held_out_synth=100
 mkdir -p "$out"
 
@@ -48,8 +52,8 @@ json.dump(dl22[:n_dl22], open(f"{out}/dl22-held.json", "w"))
 PY
 
 # 4. Labels from the dense teacher (all-MiniLM-L6-v2 cosine), lists of 20
-#    shown in first-stage order, passages cut to $tokens tokens.
-label() { "$fr" label --teacher dense --max-passage-tokens "$tokens" "$@"; }
+#    shown in $order order, passages cut to $tokens tokens.
+label() { "$fr" label --teacher dense --order "$order" --max-passage-tokens "$tokens" "$@"; }
 label --input "$out/dl22-train.json" --lists-per-query 20 --seed 1 --output "$out/train-dl22.jsonl"
 label --input "$out/synth-train.jsonl" --lists-per-query "$per_synth" --seed 2 --output "$out/train-synth.jsonl"
 label --input "$out/dl22-held.json" --lists-per-query 2 --seed 3 --output "$out/held-dl22.jsonl"

@@ -55,7 +55,7 @@ fn read_docs_file(path: &Path) -> Result<Vec<String>> {
 }
 
 /// Gathers the documents of `--doc` and `--docs`, in that order.
-pub fn documents(args: &RerankArgs) -> Result<Vec<String>> {
+fn documents(args: &RerankArgs) -> Result<Vec<String>> {
     let mut docs: Vec<String> = args.doc.clone();
     if let Some(path) = &args.docs {
         docs.extend(read_docs_file(path)?);

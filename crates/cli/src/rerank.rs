@@ -223,11 +223,6 @@ fn count_queries_in_background(spec: InputSpec, bar: indicatif::ProgressBar, lim
 }
 
 pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
-    if args.query.is_some() {
-        bail!(
-            "--query reranks documents given on the command line; main dispatches it to quick::run"
-        );
-    }
     let strategy = args.strategy()?;
     let spec = args.input_spec()?;
     // Open the input first: a bad file fails before any output is touched.

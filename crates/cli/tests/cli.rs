@@ -6,9 +6,7 @@ mod support;
 
 use std::path::Path;
 
-use support::{
-    firstrank, minilm_available, p, require_models, shared, stderr, stdout, trec_metric as metric,
-};
+use support::{firstrank, model_available, p, shared, stderr, stdout, trec_metric as metric};
 
 #[test]
 fn eval_reproduces_anserini_bm25_on_dl19_and_dl20() {
@@ -529,7 +527,7 @@ fn bench_times_first_and_generation_on_the_same_windows() {
         "{}",
         stderr(&bad)
     );
-    if !require_models("bench's model part") {
+    if !model_available("smollm2", "bench's model part") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -564,7 +562,7 @@ fn bench_times_first_and_generation_on_the_same_windows() {
 #[test]
 fn smollm2_reranks_with_its_bundled_adapter_unless_told_otherwise() {
     let Some(s) = shared() else { return };
-    if !require_models("the bundled-adapter test") {
+    if !model_available("smollm2", "the bundled-adapter test") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -755,8 +753,7 @@ fn training_commands_reject_bad_configs_clearly() {
 #[test]
 fn an_interrupted_command_leaves_no_output_and_no_temp_file() {
     let Some(s) = shared() else { return };
-    if !minilm_available() {
-        support::skip_or_fail("the minilm model is not cached (set FIRSTRANK_FETCH_MODELS=1)");
+    if !model_available("minilm", "the interrupted-label test") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

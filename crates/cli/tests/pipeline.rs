@@ -8,7 +8,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::{firstrank, minilm_available, p, stderr};
+use support::{firstrank, model_available, p, stderr};
 
 const DOCS: [(&str, &str); 12] = [
     (
@@ -178,10 +178,7 @@ fn bm25_then_oracle_rerank_reaches_the_ideal_order() {
 
 #[test]
 fn dense_oracle_feedback_moves_the_relevant_passage_up() {
-    if !minilm_available() {
-        support::skip_or_fail(
-            "model minilm not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
-        );
+    if !model_available("minilm", "dense feedback") {
         return;
     }
     let bed = Bed::new();

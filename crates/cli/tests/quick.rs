@@ -6,11 +6,11 @@ mod support;
 use std::io::Write;
 use std::process::{Command as StdCommand, Stdio};
 
-use support::{firstrank, require_models, stderr, stdout};
+use support::{firstrank, model_available, stderr, stdout};
 
 #[test]
 fn documents_on_the_command_line_come_back_ranked_as_json_and_as_a_table() {
-    if !require_models("the default reranker (smollm2)") {
+    if !model_available("smollm2", "the default reranker") {
         return;
     }
     let fleas = "Adult fleas live two to three months; without a host, a week or two.";

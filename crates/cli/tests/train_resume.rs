@@ -12,20 +12,6 @@ use std::time::{Duration, Instant};
 
 use support::{firstrank, p, stderr};
 
-fn smollm2_available() -> bool {
-    if std::env::var("FIRSTRANK_FETCH_MODELS").as_deref() == Ok("1") {
-        return true;
-    }
-    let ok =
-        firstrank_models::fetch::default_model("smollm2").is_some_and(|m| m.cached_path().exists());
-    if !ok {
-        support::skip_or_fail(
-            "SmolLM2 not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
-        );
-    }
-    ok
-}
-
 /// Six 3-passage training lists, labelled from qrels written here.
 fn lists(dir: &Path) -> std::path::PathBuf {
     let mut cands = String::new();
@@ -187,7 +173,7 @@ fn checkpoint_step(out: &Path) -> Option<u64> {
 
 #[test]
 fn a_killed_training_run_resumes_to_the_same_adapter() {
-    if !smollm2_available() {
+    if !support::model_available("smollm2", "the kill-and-resume test") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

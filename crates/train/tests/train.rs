@@ -24,8 +24,16 @@ use firstrank_train::step::{
 use firstrank_train::{prepare_example, train, AdapterKind, Objective, Schedule, TrainOptions};
 use transformer_support::{model_path, SMOLLM2};
 
+/// The real SmolLM2 reranker, or `None` (after the workspace's skip policy:
+/// a SKIP line, or a failure under `FIRSTRANK_REQUIRE_DATA=1`) when the model
+/// is not available.
 fn reranker(weights: WeightMode) -> Option<LlmReranker> {
-    let path = model_path(SMOLLM2.file)?;
+    let Some(path) = model_path(SMOLLM2.file) else {
+        firstrank_core::testing::skip_or_fail(
+            "SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
+        );
+        return None;
+    };
     let tok = tokenizer_from_gguf_file(&path).unwrap();
     let chat = ChatTemplate::from_optional(tok.chat_template.as_deref(), "", "").unwrap();
     let model = CausalLm::load(&path, weights, &Device::Cpu).unwrap();
@@ -85,9 +93,6 @@ const PASSAGES_B: [&str; 3] = [
 #[test]
 fn training_examples_line_up_with_first_inference() {
     let Some(r) = reranker(WeightMode::DequantizedF32) else {
-        firstrank_core::testing::skip_or_fail(
-            "SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
-        );
         return;
     };
     let l = list("a", QUERY_A, &PASSAGES_A, &[1, 0, 2]);
@@ -150,9 +155,6 @@ fn small_lora_with_nonzero_b(model: &CausalLm, layers: Option<Vec<usize>>) -> Lo
 #[test]
 fn lora_gradient_through_the_model_matches_finite_differences() {
     let Some(r) = reranker(WeightMode::DequantizedF32) else {
-        firstrank_core::testing::skip_or_fail(
-            "SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
-        );
         return;
     };
     let model = r.model();
@@ -233,9 +235,6 @@ fn checkpointed_batch_gradients_equal_per_example_backward() {
 #[test]
 fn adapters_on_upper_layers_train_and_reload() {
     let Some(r) = reranker(WeightMode::DequantizedF32) else {
-        firstrank_core::testing::skip_or_fail(
-            "SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
-        );
         return;
     };
     let Some(set) = check_checkpointed_gradients(Some(vec![29, 21, 25])) else {
@@ -283,12 +282,7 @@ fn adapters_on_upper_layers_train_and_reload() {
 /// Checks [`accumulate_batch_gradients`] against per-example plain backward
 /// passes for a LoRA on `layers`; returns the adapters.
 fn check_checkpointed_gradients(layers: Option<Vec<usize>>) -> Option<LoraSet> {
-    let Some(r) = reranker(WeightMode::DequantizedF32) else {
-        firstrank_core::testing::skip_or_fail(
-            "SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
-        );
-        return None;
-    };
+    let r = reranker(WeightMode::DequantizedF32)?;
     let model = r.model();
     let set = small_lora_with_nonzero_b(model, layers);
     let ctx = TrainContext {
@@ -384,9 +378,6 @@ fn check_checkpointed_gradients(layers: Option<Vec<usize>>) -> Option<LoraSet> {
 #[test]
 fn small_model_overfits_two_lists_and_the_adapter_reloads() {
     let Some(mut r) = reranker(WeightMode::DequantizedF32) else {
-        firstrank_core::testing::skip_or_fail(
-            "SmolLM2 not available (set FIRSTRANK_FETCH_MODELS=1 to fetch it)",
-        );
         return;
     };
     // Targets chosen against the model's zero-shot preference, so the test

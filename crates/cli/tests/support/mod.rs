@@ -30,26 +30,22 @@ pub fn shared() -> Option<PathBuf> {
     }
 }
 
-/// Whether the tests may load the default models (`FIRSTRANK_FETCH_MODELS=1`
-/// fetches them on first use); otherwise skips, or fails under
-/// FIRSTRANK_REQUIRE_DATA=1.
-pub fn require_models(what: &str) -> bool {
+/// Whether the default model `name` (`smollm2`, `minilm`, ...) can be
+/// loaded: cached, or `FIRSTRANK_FETCH_MODELS=1` lets the binary fetch it on
+/// first use. When it cannot, skips with a message naming `what` needs it, or
+/// fails under FIRSTRANK_REQUIRE_DATA=1.
+pub fn model_available(name: &str, what: &str) -> bool {
     if std::env::var("FIRSTRANK_FETCH_MODELS").as_deref() == Ok("1") {
         return true;
     }
-    skip_or_fail(&format!(
-        "{what} needs the default models (set FIRSTRANK_FETCH_MODELS=1)"
-    ));
-    false
-}
-
-/// Whether the MiniLM encoder can be loaded: cached, or FIRSTRANK_FETCH_MODELS=1
-/// lets the tests download it.
-pub fn minilm_available() -> bool {
-    if std::env::var("FIRSTRANK_FETCH_MODELS").as_deref() == Ok("1") {
-        return true;
+    let cached =
+        firstrank_models::fetch::default_model(name).is_some_and(|m| m.cached_path().exists());
+    if !cached {
+        skip_or_fail(&format!(
+            "{what} needs the model {name}, not in the cache (set FIRSTRANK_FETCH_MODELS=1 to fetch it)"
+        ));
     }
-    firstrank_models::fetch::default_model("minilm").is_some_and(|m| m.cached_path().exists())
+    cached
 }
 
 /// Runs the `firstrank` binary with `args`.
