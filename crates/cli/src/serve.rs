@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// Queries per batch request; more: 413.
     #[arg(long, default_value_t = 64, help_heading = "Limits")]
     pub max_batch_queries: usize,
+    /// Tokens of a query alone; more: 413 (at most a quarter of the model's
+    /// context: the prompt shows the query twice and needs room for passages).
+    #[arg(long, default_value_t = 512, help_heading = "Limits")]
+    pub max_query_tokens: usize,
 
     /// Requests waiting for the model; beyond: 429 with Retry-After.
     #[arg(long, default_value_t = 64, help_heading = "Load")]
@@ -109,6 +113,28 @@ pub struct ServeArgs {
         help_heading = "Load"
     )]
     pub body_read_timeout: f64,
+    /// Seconds a connection may take to send a request's headers (also when
+    /// idle before its first request); then it is closed.
+    #[arg(
+        long,
+        default_value_t = 10.0,
+        value_name = "SECONDS",
+        help_heading = "Load"
+    )]
+    pub header_read_timeout: f64,
+    /// Open connections at once; beyond, new ones are closed on arrival
+    /// (lowered to fit under the open-file limit).
+    #[arg(long, default_value_t = 1000, help_heading = "Load")]
+    pub max_connections: usize,
+    /// Seconds in-flight requests may take to finish after SIGTERM or
+    /// Ctrl-C; then their connections are dropped.
+    #[arg(
+        long,
+        default_value_t = 30.0,
+        value_name = "SECONDS",
+        help_heading = "Load"
+    )]
+    pub shutdown_timeout: f64,
 
     /// Model-free scorer for load-testing the server (not a reranker).
     #[arg(long, value_enum, hide_short_help = true, conflicts_with = "model")]
@@ -159,6 +185,18 @@ fn seconds(flag: &str, v: f64) -> Result<Duration> {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    // Refused before the model loads: an empty key would be no key at all.
+    // (clap reads an empty FIRSTRANK_API_KEY as unset, so look at it here.)
+    let empty_env = std::env::var_os("FIRSTRANK_API_KEY")
+        .is_some_and(|k| k.to_string_lossy().trim().is_empty());
+    if args.api_key.as_deref().is_some_and(|k| k.trim().is_empty())
+        || (args.api_key.is_none() && empty_env)
+    {
+        bail!(
+            "the API key is empty (--api-key or FIRSTRANK_API_KEY): give a key, or unset \
+             FIRSTRANK_API_KEY to serve without one"
+        );
+    }
     // Every window the server sees is at most --window candidates; the
     // strategy covers the whole list (at most --max-documents).
     let strategy = WindowStrategy::sliding(args.window, args.stride, args.max_documents.max(1))
@@ -172,34 +210,50 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ("max-batch-queries", args.max_batch_queries),
         ("queue-capacity", args.queue_capacity),
         ("max-concurrent-requests", args.max_concurrent_requests),
+        ("max-query-tokens", args.max_query_tokens),
+        ("max-connections", args.max_connections),
     ] {
         if v == 0 {
             bail!("--{flag} must be at least 1");
         }
     }
     let mut initial_seconds_per_window = None;
-    let (scorer, counter, name): (BoxScorer, Option<SharedTokenCounter>, String) =
-        match args.diagnostic_scorer {
-            Some(ServeDiagnostic::Lexical) => (
-                Box::new(LexicalScorer {
-                    delay_per_window: Duration::from_millis(args.diagnostic_delay_ms),
-                }),
-                None,
-                "lexical-diagnostic".to_string(),
-            ),
-            None => {
-                let model = &args.model.model;
-                let reranker = args
-                    .llm
-                    .load(model, args.window)
-                    .with_context(|| format!("loading {model}"))?;
-                let mut reranker = reranker;
-                initial_seconds_per_window = Some(warm_up(&mut reranker, args.window)?);
-                let counter: SharedTokenCounter = Arc::new(reranker.tokenizer().clone());
-                let name = reranker.name().to_string();
-                (Box::new(reranker), Some(counter), name)
+    let mut max_query_tokens = args.max_query_tokens;
+    let (scorer, counter, name): (BoxScorer, Option<SharedTokenCounter>, String) = match args
+        .diagnostic_scorer
+    {
+        Some(ServeDiagnostic::Lexical) => (
+            Box::new(LexicalScorer {
+                delay_per_window: Duration::from_millis(args.diagnostic_delay_ms),
+            }),
+            None,
+            "lexical-diagnostic".to_string(),
+        ),
+        None => {
+            let model = &args.model.model;
+            let reranker = args
+                .llm
+                .load(model, args.window)
+                .with_context(|| format!("loading {model}"))?;
+            let mut reranker = reranker;
+            initial_seconds_per_window = Some(warm_up(&mut reranker, args.window)?);
+            let context = reranker
+                .config()
+                .context_size
+                .unwrap_or(reranker.model().config().context_length);
+            if max_query_tokens > context / 4 {
+                tracing::warn!(
+                        "--max-query-tokens {max_query_tokens} leaves no room for passages in the model's \
+                         context of {context} tokens: capping queries at {}",
+                        context / 4
+                    );
+                max_query_tokens = context / 4;
             }
-        };
+            let counter: SharedTokenCounter = Arc::new(reranker.tokenizer().clone());
+            let name = reranker.name().to_string();
+            (Box::new(reranker), Some(counter), name)
+        }
+    };
     let config = ServerConfig {
         model_name: args.served_model_name.clone().unwrap_or(name),
         strategy,
@@ -209,6 +263,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             max_total_tokens: args.max_total_tokens,
             max_body_bytes: args.max_body_bytes,
             max_batch_queries: args.max_batch_queries,
+            max_query_tokens,
         },
         queue_capacity: args.queue_capacity,
         max_batch_queries: args.batch_queries as usize,
@@ -216,7 +271,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         request_timeout: seconds("request-timeout", args.request_timeout)?,
         batch_timeout: seconds("batch-timeout", args.batch_timeout)?,
         body_read_timeout: seconds("body-read-timeout", args.body_read_timeout)?,
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        header_read_timeout: seconds("header-read-timeout", args.header_read_timeout)?,
+        max_connections: args.max_connections,
+        shutdown_timeout: seconds("shutdown-timeout", args.shutdown_timeout)?,
+        api_key: args.api_key.clone(),
         initial_seconds_per_window,
     };
     if config.api_key.is_none() && !args.host.is_loopback() {

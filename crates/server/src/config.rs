@@ -23,6 +23,10 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Queries in one batch request.
     pub max_batch_queries: usize,
+    /// Tokens of the query alone: the prompt shows it twice around the
+    /// passages, so a query near the model's context leaves no room for them
+    /// (the CLI sets it from the model's context).
+    pub max_query_tokens: usize,
 }
 
 impl Default for Limits {
@@ -33,12 +37,14 @@ impl Default for Limits {
             max_total_tokens: 100_000,
             max_body_bytes: 2 * 1024 * 1024,
             max_batch_queries: 64,
+            max_query_tokens: 512,
         }
     }
 }
 
-/// Everything the server needs besides the scorer.
-#[derive(Debug, Clone)]
+/// Everything the server needs besides the scorer. Its `Debug` leaves the
+/// API key out.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Reported as `model` in responses and on `/info`.
     pub model_name: String,
@@ -56,6 +62,16 @@ pub struct ServerConfig {
     pub batch_timeout: Duration,
     /// How long reading a request body may take before a 408.
     pub body_read_timeout: Duration,
+    /// How long a connection may take to send a request's headers (slow or
+    /// stalled clients are closed after it, also when idle before the first).
+    pub header_read_timeout: Duration,
+    /// Open connections at once; beyond it new connections are closed at
+    /// once (with a log line) until some finish. Keep it below the process's
+    /// file-descriptor limit ([`crate::Server::run`] lowers it to fit).
+    pub max_connections: usize,
+    /// After a shutdown signal, how long in-flight requests may take to
+    /// finish before their connections are dropped.
+    pub shutdown_timeout: Duration,
     /// Bearer key required on every route but `/health`.
     pub api_key: Option<String>,
     /// Seconds one window takes, measured before serving (e.g. a warm-up
@@ -76,8 +92,51 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(120),
             batch_timeout: Duration::from_secs(600),
             body_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1000,
+            shutdown_timeout: Duration::from_secs(30),
             api_key: None,
             initial_seconds_per_window: None,
         }
+    }
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("model_name", &self.model_name)
+            .field("strategy", &self.strategy)
+            .field("limits", &self.limits)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_batch_queries", &self.max_batch_queries)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("request_timeout", &self.request_timeout)
+            .field("batch_timeout", &self.batch_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "initial_seconds_per_window",
+                &self.initial_seconds_per_window,
+            )
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_redacts_the_api_key() {
+        let config = ServerConfig {
+            api_key: Some("hunter2-secret".into()),
+            ..ServerConfig::default()
+        };
+        let text = format!("{config:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
     }
 }

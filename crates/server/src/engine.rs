@@ -15,10 +15,14 @@
 //!   worker reached them are dropped unscored.
 //! * **Isolation.** A failing batch is retried job by job so one bad request
 //!   cannot fail its neighbours; a panic in the scorer becomes a 500 for the
-//!   jobs of that batch, and the worker carries on.
+//!   jobs of that batch, and the worker carries on; after
+//!   [`MAX_CONSECUTIVE_PANICS`] panics in a row without a success the scorer
+//!   is taken to be broken: the worker answers what it holds with 503 and
+//!   stops, and [`Engine::state`] (hence `/health`) reports it, so an
+//!   orchestrator restarts the process.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,19 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+
+/// Scorer panics in a row (no success between) after which the worker stops.
+pub const MAX_CONSECUTIVE_PANICS: u32 = 3;
+
+/// Whether the engine can score: what `/health` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Serving,
+    /// Shutdown was asked; queued jobs are being finished.
+    ShuttingDown,
+    /// The worker thread has ended (a broken scorer, or after shutdown).
+    Stopped,
+}
 
 /// What the worker answers for one job.
 pub type JobResult = Result<Vec<RerankOutcome>, ApiError>;
@@ -48,6 +65,17 @@ pub struct Engine {
     /// Mean seconds per window (f64 bits); 0 until the first batch is measured.
     secs_per_window: Arc<AtomicU64>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Cleared by the worker thread when it ends, however it ends.
+    running: Arc<AtomicBool>,
+}
+
+/// Clears the running flag when the worker thread ends (also by a panic).
+struct RunningGuard(Arc<AtomicBool>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// A boxed scorer the worker thread can own.
@@ -74,17 +102,35 @@ impl Engine {
             max_batch_queries: max_batch_queries.max(1),
             metrics: metrics.clone(),
             secs_per_window: secs_per_window.clone(),
+            consecutive_panics: 0,
         };
+        let running = Arc::new(AtomicBool::new(true));
+        let guard = RunningGuard(running.clone());
         let handle = std::thread::Builder::new()
             .name("firstrank-scorer".into())
-            .spawn(move || worker.run(rx))?;
+            .spawn(move || {
+                let _guard = guard;
+                worker.run(rx)
+            })?;
         Ok(Self {
             tx: Mutex::new(Some(tx)),
             strategy,
             metrics,
             secs_per_window,
             worker: Mutex::new(Some(handle)),
+            running,
         })
+    }
+
+    /// Whether the worker can take jobs.
+    pub fn state(&self) -> WorkerState {
+        if !self.running.load(Ordering::SeqCst) {
+            WorkerState::Stopped
+        } else if self.tx.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            WorkerState::ShuttingDown
+        } else {
+            WorkerState::Serving
+        }
     }
 
     /// Windows the strategy will score for these requests.
@@ -190,6 +236,7 @@ struct Worker {
     max_batch_queries: usize,
     metrics: Arc<Metrics>,
     secs_per_window: Arc<AtomicU64>,
+    consecutive_panics: u32,
 }
 
 impl Worker {
@@ -227,6 +274,26 @@ impl Worker {
                 continue;
             }
             self.score_jobs(live);
+            if self.consecutive_panics >= MAX_CONSECUTIVE_PANICS {
+                tracing::error!(
+                    "the scorer panicked {} times in a row: taking it as broken and stopping the worker \
+                     (/health answers 503; restart the server)",
+                    self.consecutive_panics
+                );
+                rx.close();
+                while let Ok(job) = rx.try_recv() {
+                    self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    self.finish(
+                        job,
+                        Err(ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "unavailable",
+                            "the scoring worker has stopped: the scorer kept panicking",
+                        )),
+                    );
+                }
+                return;
+            }
         }
     }
 
@@ -262,6 +329,8 @@ impl Worker {
                     ))
                 }
                 Err(_) => {
+                    self.consecutive_panics += 1;
+                    self.metrics.scorer_panics.fetch_add(1, Ordering::Relaxed);
                     tracing::error!("the scorer panicked; answering 500 and carrying on");
                     return Err(ApiError::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -270,6 +339,7 @@ impl Worker {
                     ));
                 }
             };
+            self.consecutive_panics = 0;
             let windows: u64 = out.iter().map(|o| o.windows.len() as u64).sum();
             self.metrics.batches.fetch_add(1, Ordering::Relaxed);
             self.metrics.batched_queries.fetch_add(n, Ordering::Relaxed);

@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
 use crate::config::{ServerConfig, SharedTokenCounter};
-use crate::engine::{self, Engine};
+use crate::engine::{self, Engine, WorkerState};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::parse;
@@ -118,18 +118,26 @@ pub(crate) async fn concurrency_guard(
 // ---------------------------------------------------------------------------
 // Handlers
 
-/// Liveness and readiness: 200 while the scoring worker can serve.
+/// Liveness and readiness: 200 while the scoring worker can serve, 503 when
+/// it is shutting down or has stopped.
 #[utoipa::path(get, path = "/health", tag = "status", security(()),
-    responses((status = 200, description = "The worker can serve", body = HealthResponse)))]
+    responses((status = 200, description = "The worker can serve", body = HealthResponse),
+              (status = 503, description = "The worker is shutting down or has stopped", body = HealthResponse)))]
 pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(HealthResponse {
-        status: "ok".into(),
+    let (code, status) = match state.engine.state() {
+        WorkerState::Serving => (StatusCode::OK, "ok"),
+        WorkerState::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        WorkerState::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "worker_stopped"),
+    };
+    let body = axum::Json(HealthResponse {
+        status: status.into(),
         model: state.config.model_name.clone(),
         queue_depth: state.metrics.queue_depth.load(Ordering::Relaxed),
         pending_windows: state.metrics.pending_windows.load(Ordering::Relaxed),
+        scorer_panics: state.metrics.scorer_panics.load(Ordering::Relaxed),
         uptime_seconds: state.started.elapsed().as_secs(),
-    })
-    .into_response()
+    });
+    (code, body).into_response()
 }
 
 /// The model, window strategy, limits, queue settings and measured speed.
@@ -333,7 +341,7 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         Ok(Err(e)) => {
             let mut source: Option<&dyn std::error::Error> = Some(&e);
             while let Some(s) = source {
-                if s.to_string().contains("length limit") {
+                if s.is::<http_body_util::LengthLimitError>() {
                     return Err(too_large());
                 }
                 source = s.source();
@@ -346,11 +354,17 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     }
 }
 
-/// Token count of a request's query and documents; applies `max_tokens_per_doc`.
+/// Token counts of a request: the query's, and the query's plus the
+/// documents' (after `max_tokens_per_doc`, which it applies).
+struct TokenCount {
+    query: usize,
+    total: usize,
+}
+
 fn count_tokens(
     counter: Option<&SharedTokenCounter>,
     input: &mut types::RerankInput,
-) -> Result<usize, ApiError> {
+) -> Result<TokenCount, ApiError> {
     let count = |s: &str| -> Result<usize, ApiError> {
         match counter {
             Some(c) => c.count_tokens(s).map_err(|e| {
@@ -363,7 +377,8 @@ fn count_tokens(
             None => Ok(s.len().div_ceil(4)),
         }
     };
-    let mut total = count(&input.query)?;
+    let query = count(&input.query)?;
+    let mut total = query;
     let cap = input.max_tokens_per_doc;
     for doc in &mut input.docs {
         let mut n = count(&doc.text)?;
@@ -388,14 +403,24 @@ fn count_tokens(
         }
         total += n + doc.title.as_deref().map_or(Ok(0), count)?;
     }
-    Ok(total)
+    Ok(TokenCount { query, total })
 }
 
-fn check_tokens(state: &AppState, tokens: usize, what: &str) -> Result<(), ApiError> {
-    let max = state.config.limits.max_total_tokens;
-    if tokens > max {
+/// 413 before any scoring when a query, or a query with its documents, is
+/// over the token limits.
+fn check_tokens(state: &AppState, tokens: &TokenCount, what: &str) -> Result<(), ApiError> {
+    let limits = &state.config.limits;
+    if tokens.query > limits.max_query_tokens {
         return Err(ApiError::too_large(format!(
-            "{what} has {tokens} tokens (query + documents); the limit is {max} (--max-total-tokens)"
+            "the query of {what} has {} tokens; the limit is {} (--max-query-tokens; the prompt shows the \
+             query twice, and it must leave room for the passages in the model's context)",
+            tokens.query, limits.max_query_tokens
+        )));
+    }
+    if tokens.total > limits.max_total_tokens {
+        return Err(ApiError::too_large(format!(
+            "{what} has {} tokens (query + documents); the limit is {} (--max-total-tokens)",
+            tokens.total, limits.max_total_tokens
         )));
     }
     Ok(())
@@ -450,7 +475,8 @@ async fn rerank_inner(
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    check_tokens(state, tokens, "the request")?;
+    check_tokens(state, &tokens, "the request")?;
+    let tokens = tokens.total;
     let timeout = state.config.request_timeout;
     let rx = state.engine.submit(vec![input.to_request()], timeout)?;
     state
@@ -516,9 +542,9 @@ async fn batch_inner(
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     for (qid, n) in &tokens {
-        check_tokens(state, *n, &format!("query `{qid}`"))?;
+        check_tokens(state, n, &format!("query `{qid}`"))?;
     }
-    let total: usize = tokens.iter().map(|(_, n)| n).sum();
+    let total: usize = tokens.iter().map(|(_, n)| n.total).sum();
     let docs: usize = requests.iter().map(|r| r.candidates.len()).sum();
     let timeout = state.config.batch_timeout;
     let rx = state.engine.submit(requests, timeout)?;

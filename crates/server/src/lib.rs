@@ -38,11 +38,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::middleware;
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
@@ -174,24 +177,93 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` resolves, then lets in-flight
-    /// requests finish and stops the worker after the jobs it holds.
+    /// requests finish (at most [`ServerConfig::shutdown_timeout`]) and stops
+    /// the worker after the jobs it holds.
+    ///
+    /// The accept loop is hyper's HTTP/1 connection driver with the slow-client
+    /// defences axum's `serve` lacks: a header-read timeout (a connection that
+    /// has not sent a request's headers in time is closed), a cap on open
+    /// connections (beyond it new ones are closed at once, so stalled clients
+    /// cannot exhaust file descriptors and lock out `/health`), and accept
+    /// errors (such as running out of descriptors) retried after a pause
+    /// instead of spinning.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let app = self.router();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let config = &self.state.config;
+        let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let graceful = GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .keep_alive(true);
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut cap_logged: Option<Instant> = None;
+        loop {
+            let stream = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(e) => {
+                        tracing::warn!("accepting a connection failed: {e}; retrying in 100 ms");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                self.state
+                    .metrics
+                    .refused_connections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if cap_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(
+                        "{} connections are open (--max-connections): closing new ones until some finish",
+                        config.max_connections
+                    );
+                    cap_logged = Some(Instant::now());
+                }
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let conn =
+                http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        let drain_until = tokio::time::Instant::now() + config.shutdown_timeout;
+        let open = graceful.count();
+        if tokio::time::timeout_at(drain_until, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "connections still open {}s after the shutdown signal (--shutdown-timeout; {open} were open at the signal): dropping them",
+                config.shutdown_timeout.as_secs()
+            );
+        }
+        // The worker finishes the jobs it holds, within what is left of the
+        // bound; past it, serve returns and the process may exit under it.
         let state = self.state.clone();
-        tokio::task::spawn_blocking(move || state.engine.shutdown()).await?;
+        let worker = tokio::task::spawn_blocking(move || state.engine.shutdown());
+        if tokio::time::timeout_at(drain_until, worker).await.is_err() {
+            tracing::warn!("the scoring worker was still busy at the end of --shutdown-timeout");
+        }
         Ok(())
     }
 
     /// Binds `addr` and serves until Ctrl-C or SIGTERM (blocking; builds its
     /// own runtime). Used by `firstrank serve`.
-    pub fn run(self, addr: SocketAddr) -> anyhow::Result<()> {
+    pub fn run(mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        self.fit_connections_to_descriptor_limit();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("firstrank-http")
@@ -207,8 +279,51 @@ impl Server {
                 listener.local_addr()?
             );
             self.serve(listener, shutdown_signal()).await
-        })
+        })?;
+        // A worker still scoring after the drain bound is not waited for.
+        runtime.shutdown_timeout(Duration::from_millis(100));
+        Ok(())
     }
+}
+
+impl Server {
+    /// Lowers the connection cap below the process's open-file limit (less a
+    /// reserve for the model, logs and the listener), so that a flood of
+    /// connections meets the cap before the kernel's limit.
+    fn fit_connections_to_descriptor_limit(&mut self) {
+        const RESERVE: usize = 64;
+        let Some(limit) = descriptor_limit() else {
+            return;
+        };
+        let fits = limit.saturating_sub(RESERVE).max(1);
+        let Some(state) = Arc::get_mut(&mut self.state) else {
+            return;
+        };
+        if state.config.max_connections > fits {
+            tracing::warn!(
+                "--max-connections {} is above what the open-file limit of {limit} allows: capping connections at {fits}",
+                state.config.max_connections
+            );
+            state.config.max_connections = fits;
+        }
+    }
+}
+
+/// The soft limit on open file descriptors (unix).
+#[cfg(unix)]
+fn descriptor_limit() -> Option<usize> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0;
+    (ok && rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur as usize)
+}
+
+#[cfg(not(unix))]
+fn descriptor_limit() -> Option<usize> {
+    None
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

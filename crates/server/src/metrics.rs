@@ -63,6 +63,10 @@ pub struct Metrics {
     /// Jobs dropped by the worker because their client timed out or left.
     pub abandoned_jobs: AtomicU64,
     pub scoring_seconds_micros: AtomicU64,
+    /// Connections closed at accept because `max_connections` were open.
+    pub refused_connections: AtomicU64,
+    /// Scorer panics the worker caught.
+    pub scorer_panics: AtomicU64,
 }
 
 impl Metrics {
@@ -145,7 +149,7 @@ impl Metrics {
         }
         drop(m);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let simple: [(&str, &str, &str, u64); 8] = [
+        let simple: [(&str, &str, &str, u64); 10] = [
             (
                 "firstrank_queue_depth",
                 "gauge",
@@ -193,6 +197,18 @@ impl Metrics {
                 "counter",
                 "Queued jobs dropped because the client timed out or disconnected.",
                 load(&self.abandoned_jobs),
+            ),
+            (
+                "firstrank_refused_connections_total",
+                "counter",
+                "Connections closed on arrival because --max-connections were open.",
+                load(&self.refused_connections),
+            ),
+            (
+                "firstrank_scorer_panics_total",
+                "counter",
+                "Panics of the scorer caught by the worker (each answered 500).",
+                load(&self.scorer_panics),
             ),
         ];
         for (name, kind, help, value) in simple {

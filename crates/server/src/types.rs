@@ -298,6 +298,8 @@ pub struct HealthResponse {
     pub model: String,
     pub queue_depth: u64,
     pub pending_windows: u64,
+    /// Scorer panics caught so far (each answered 500).
+    pub scorer_panics: u64,
     pub uptime_seconds: u64,
 }
 
