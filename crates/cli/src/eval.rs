@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use firstrank_core::formats::{
-    detect_format, open_requests, read_trec_run, InputFormat, InputSpec,
+    detect_format, open_requests, read_trec_run_strict, InputFormat, InputSpec,
 };
 use firstrank_core::metrics::{evaluate, EvalConfig, Evaluation, Metric, Run};
 use firstrank_core::qrels::Qrels;
@@ -64,7 +64,7 @@ pub struct EvalArgs {
 /// first-stage scores.
 pub fn load_run(path: &Path) -> Result<Run> {
     if detect_format(path)? == InputFormat::TrecRun {
-        let entries = read_trec_run(path)?;
+        let entries = read_trec_run_strict(path)?;
         return Ok(entries
             .into_iter()
             .map(|(qid, list)| (qid, list.into_iter().map(|e| (e.docid, e.score)).collect()))

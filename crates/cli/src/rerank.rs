@@ -222,6 +222,52 @@ fn count_queries_in_background(spec: InputSpec, bar: indicatif::ProgressBar, lim
     });
 }
 
+/// Failure injection for the kill-and-resume tests:
+/// `FIRSTRANK_FAULT=rerank:<n>` aborts the process (as a kill would: no
+/// destructors, no cleanup) right after the `n`-th query is written.
+fn fault_after_query(written: usize) {
+    let Ok(spec) = std::env::var("FIRSTRANK_FAULT") else {
+        return;
+    };
+    if spec.strip_prefix("rerank:").and_then(|n| n.parse().ok()) == Some(written) {
+        eprintln!("FIRSTRANK_FAULT: aborting after query {written}");
+        std::process::abort();
+    }
+}
+
+/// What determines a rerank's output, for `--resume` to check it continues
+/// the same run: the scorer and its options, the window strategy, the input
+/// files and the output options. Input files count by path (absolute), not
+/// content, so that an input fixed in place after a parse error resumes.
+fn run_fingerprint(args: &RerankArgs) -> serde_json::Value {
+    let file = |p: &Option<PathBuf>| -> serde_json::Value {
+        match p {
+            Some(p) => serde_json::json!(std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+            None => serde_json::Value::Null,
+        }
+    };
+    // The thread count does not change the ranking: a resume may use another.
+    let mut llm = args.llm.clone();
+    llm.threads = None;
+    serde_json::json!({
+        "model": args.model.model,
+        "scorer": format!("{llm:?}"),
+        "diagnostic_scorer": args.diagnostic_scorer.map(|d| format!("{d:?}")),
+        "strategy": format!("{:?}", args.strategy),
+        "window": args.window,
+        "stride": args.stride,
+        "top_k": args.top_k,
+        "rank_start": args.rank_start,
+        "passes": args.passes,
+        "shuffle_input": args.shuffle_input,
+        "input": file(&args.input),
+        "topics": file(&args.topics),
+        "corpus": file(&args.corpus),
+        "qrels": file(&args.qrels),
+        "tag": args.tag,
+    })
+}
+
 pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
     let strategy = args.strategy()?;
     let spec = args.input_spec()?;
@@ -233,6 +279,7 @@ pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
         jsonl: args.output_jsonl.clone(),
         tag: args.tag.clone(),
         resume: args.resume,
+        fingerprint: Some(run_fingerprint(&args)),
     })?;
     let done: HashSet<String> = sink.completed().clone();
 
@@ -256,6 +303,7 @@ pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
             for outcome in &outcomes {
                 sink.write(outcome)?;
                 *written += 1;
+                fault_after_query(*written);
                 n_windows += outcome.windows.len();
                 bar.inc(1);
             }

@@ -187,7 +187,7 @@ fn bad_inputs_exit_non_zero_naming_the_place_and_write_nothing() {
     assert_rejected(d, &f, "expected one of");
 
     let f = d.join("run.trec");
-    write(&f, b"1 Q0 a 1 2.0 x\n1 Q0 b two 1.0 x\n");
+    write(&f, b"1 Q0 a 1 2.0 x\n1 Q0 b 2 high x\n");
     let topics = d.join("topics.tsv");
     write(&topics, b"1\tq one\n");
     let corpus = d.join("corpus.tsv");
@@ -365,7 +365,9 @@ fn resume_after_a_failure_continues_and_matches_a_clean_run() {
         "the three queries before the broken line are kept"
     );
 
-    let o = run(&good, &out, &jsonl, true);
+    // The user fixes the input in place and resumes.
+    std::fs::copy(&good, &broken).unwrap();
+    let o = run(&broken, &out, &jsonl, true);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         std::fs::read(&out).unwrap(),

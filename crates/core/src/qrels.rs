@@ -25,62 +25,79 @@ pub struct Qrels {
 
 const LINE_SHAPE: &str = "`qid iter docid grade`";
 
+/// Qrels being read, with the line of each (qid, docid)'s first judgment for
+/// the duplicate message.
+#[derive(Default)]
+struct QrelsReader {
+    qrels: Qrels,
+    first_line: BTreeMap<(String, String), usize>,
+}
+
+impl QrelsReader {
+    fn line(&mut self, line: &str, lineno: usize, path: &Path) -> Result<()> {
+        if line.starts_with('#') || line.trim().is_empty() {
+            return Ok(());
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() != 4 {
+            return Err(Error::input(
+                path,
+                format!("line {lineno}"),
+                format!(
+                    "expected 4 whitespace-separated fields {LINE_SHAPE}, found {}",
+                    fields.len()
+                ),
+            ));
+        }
+        let (qid, docid, grade_text) = (fields[0], fields[2], fields[3]);
+        let grade: i32 = grade_text.parse().map_err(|_| {
+            Error::input(
+                path,
+                format!("line {lineno}, field `grade`"),
+                format!("expected an integer relevance grade (line shape {LINE_SHAPE}), found `{grade_text}`"),
+            )
+        })?;
+        let key = (qid.to_string(), docid.to_string());
+        if let Some(first) = self.first_line.get(&key) {
+            return Err(Error::input(
+                path,
+                format!("line {lineno}"),
+                format!(
+                    "duplicate judgment for query `{qid}`, docid `{docid}` (first at line {first}); \
+                     expected one line per (qid, docid), as trec_eval requires"
+                ),
+            ));
+        }
+        self.first_line.insert(key, lineno);
+        self.qrels.insert(qid, docid, grade);
+        Ok(())
+    }
+}
+
 impl Qrels {
     /// An empty set of judgments (fill it with [`Qrels::insert`]).
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Reads a qrels file.
+    /// Reads a qrels file, line by line (lines are capped in length, and
+    /// invalid UTF-8 is reported with its line and byte offset).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text, path)
+        let mut lines = crate::formats::lines::Lines::open(path)?;
+        let mut reader = QrelsReader::default();
+        while let Some(line) = lines.next_line()? {
+            reader.line(line.text, line.no, path)?;
+        }
+        Ok(reader.qrels)
     }
 
     /// Parses qrels text; `path` is only used to name the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let mut qrels = Qrels::new();
-        // (qid, docid) -> line of first occurrence, for the duplicate message.
-        let mut first_line: BTreeMap<(String, String), usize> = BTreeMap::new();
+        let mut reader = QrelsReader::default();
         for (index, line) in text.lines().enumerate() {
-            let lineno = index + 1;
-            if line.starts_with('#') || line.trim().is_empty() {
-                continue;
-            }
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() != 4 {
-                return Err(Error::input(
-                    path,
-                    format!("line {lineno}"),
-                    format!(
-                        "expected 4 whitespace-separated fields {LINE_SHAPE}, found {}",
-                        fields.len()
-                    ),
-                ));
-            }
-            let (qid, docid, grade_text) = (fields[0], fields[2], fields[3]);
-            let grade: i32 = grade_text.parse().map_err(|_| {
-                Error::input(
-                    path,
-                    format!("line {lineno}, field `grade`"),
-                    format!("expected an integer relevance grade (line shape {LINE_SHAPE}), found `{grade_text}`"),
-                )
-            })?;
-            let key = (qid.to_string(), docid.to_string());
-            if let Some(first) = first_line.get(&key) {
-                return Err(Error::input(
-                    path,
-                    format!("line {lineno}"),
-                    format!(
-                        "duplicate judgment for query `{qid}`, docid `{docid}` (first at line {first}); \
-                         expected one line per (qid, docid), as trec_eval requires"
-                    ),
-                ));
-            }
-            first_line.insert(key, lineno);
-            qrels.insert(qid, docid, grade);
+            reader.line(line, index + 1, path)?;
         }
-        Ok(qrels)
+        Ok(reader.qrels)
     }
 
     /// Sets the grade of `docid` for `qid`; returns the previous grade, if any.
@@ -172,6 +189,22 @@ mod tests {
         assert!(err.contains("`d1`"), "{err}");
         // The same docid under another query is not a duplicate.
         assert!(parse("1 0 d1 2\n2 0 d1 2\n").is_ok());
+    }
+
+    #[test]
+    fn load_reads_a_file_and_names_invalid_utf8_by_line_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("qrels.txt");
+        std::fs::write(&p, b"1 0 d1 2\n1 0 d2 1\n").unwrap();
+        assert_eq!(Qrels::load(&p).unwrap().grade("1", "d2"), Some(1));
+        std::fs::write(&p, b"1 0 d1 2\n1 0 d\xff2 1\n").unwrap();
+        let err = Qrels::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("qrels.txt")
+                && err.contains("line 2, byte 6")
+                && err.contains("offset 14"),
+            "{err}"
+        );
     }
 
     #[test]

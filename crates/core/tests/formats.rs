@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use firstrank_core::formats::output::{format_jsonl, format_trec, partial_path};
 use firstrank_core::formats::{
     completed_qids, detect_format, open_requests, read_corpus_subset, read_requests, read_topics,
-    read_trec_run, AtomicWriter, InputFormat, InputSpec, OutputConfig, OutputKind, OutputSink,
+    read_trec_run, read_trec_run_strict, AtomicWriter, InputFormat, InputSpec, OutputConfig,
+    OutputKind, OutputSink,
 };
 use firstrank_core::window::{rerank, RerankOutcome, WindowScorer, WindowStrategy};
 use firstrank_core::{Candidate, Query, Request};
@@ -109,7 +110,7 @@ fn request_jsonl_is_read_with_each_doc_text_field() {
 fn trec_run_is_sorted_by_score_then_rank_column() {
     let run = read_trec_run(&data("run.trec")).unwrap();
     assert_eq!(run.keys().collect::<Vec<_>>(), ["101", "q2"]);
-    let q: Vec<(&str, u64, f64)> = run["101"]
+    let q: Vec<(&str, Option<u64>, f64)> = run["101"]
         .iter()
         .map(|e| (e.docid.as_str(), e.rank, e.score))
         .collect();
@@ -117,10 +118,10 @@ fn trec_run_is_sorted_by_score_then_rank_column() {
     assert_eq!(
         q,
         [
-            ("d1", 1, 12.5),
-            ("d7", 2, 9.25),
-            ("d3", 3, 9.25),
-            ("d4", 4, -1.5)
+            ("d1", Some(1), 12.5),
+            ("d7", Some(2), 9.25),
+            ("d3", Some(3), 9.25),
+            ("d4", Some(4), -1.5)
         ]
     );
     assert_eq!(
@@ -375,12 +376,6 @@ fn malformed_trec_inputs_name_line_and_expectation() {
             "6 whitespace-separated columns",
         ),
         (
-            "rank.trec",
-            "1 Q0 a one 2.0 t\n",
-            "line 1",
-            "rank (column 4)",
-        ),
-        (
             "score.trec",
             "1 Q0 a 1 2.0 t\n1 Q0 b 2 high t\n",
             "line 2",
@@ -393,6 +388,32 @@ fn malformed_trec_inputs_name_line_and_expectation() {
         let e = read_trec_run(&p).unwrap_err().to_string();
         assert_contains(&e, &[name, line, what]);
     }
+    // trec_eval ignores the rank column: any token is accepted, and
+    // unnumbered entries sort after numbered ones of the same score.
+    let p = write(
+        dir.path(),
+        "rank.trec",
+        "1 Q0 a one 2.0 t\n1 Q0 b 1 2.0 t\n",
+    );
+    let run = read_trec_run(&p).unwrap();
+    let order: Vec<(&str, Option<u64>)> = run["1"]
+        .iter()
+        .map(|e| (e.docid.as_str(), e.rank))
+        .collect();
+    assert_eq!(order, [("b", Some(1)), ("a", None)]);
+    // A docid twice in one query: dropped from a first stage, refused in a
+    // run to evaluate (as trec_eval does), naming both lines.
+    let p = write(
+        dir.path(),
+        "dup.trec",
+        "1 Q0 a 1 3.0 t\n1 Q0 b 2 2.0 t\n1 Q0 a 3 1.0 t\n2 Q0 a 1 1.0 t\n",
+    );
+    assert_eq!(read_trec_run(&p).unwrap()["1"].len(), 2);
+    let e = read_trec_run_strict(&p).unwrap_err().to_string();
+    assert_contains(
+        &e,
+        &["dup.trec", "line 3", "`a`", "query `1`", "first at line 1"],
+    );
     let topics = write(dir.path(), "topics.tsv", "1\tfine\n2 no tab here\n");
     assert_contains(
         &read_topics(&topics).unwrap_err().to_string(),
@@ -792,6 +813,7 @@ fn sink(dir: &Path, resume: bool, trec: bool, jsonl: bool) -> OutputSink {
         jsonl: jsonl.then(|| dir.join("run.jsonl")),
         tag: "fr".into(),
         resume,
+        fingerprint: None,
     })
     .unwrap()
 }
@@ -948,6 +970,66 @@ fn progress_with_a_bad_line_before_the_end_is_an_error() {
             .unwrap_err()
             .to_string(),
         &["x.trec.partial", "line 2"],
+    );
+}
+
+#[test]
+fn a_second_writer_of_one_output_is_refused_while_the_first_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = sink(dir.path(), false, true, true);
+    let second = OutputSink::create(OutputConfig {
+        trec: Some(dir.path().join("run.trec")),
+        tag: "fr".into(),
+        resume: true,
+        ..Default::default()
+    });
+    let e = second
+        .err()
+        .expect("the second writer is refused")
+        .to_string();
+    assert!(
+        e.contains("run.trec") && e.contains("another process"),
+        "{e}"
+    );
+    first.finish().unwrap();
+    assert!(!dir.path().join("run.trec.lock").exists());
+    // Once finished, the output can be written again.
+    sink(dir.path(), true, true, true).finish().unwrap();
+}
+
+#[test]
+fn a_resume_with_other_settings_is_refused_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |fp: serde_json::Value, resume: bool| OutputConfig {
+        trec: Some(dir.path().join("run.trec")),
+        tag: "fr".into(),
+        resume,
+        fingerprint: Some(fp),
+        ..Default::default()
+    };
+    let fp = serde_json::json!({"model": "smollm2", "window": 20, "input": "a.json"});
+    let started = OutputSink::create(config(fp.clone(), false)).unwrap();
+    drop(started); // interrupted: the .partial and the fingerprint stay
+    let record = dir.path().join("run.trec.resume.json");
+    assert!(record.exists());
+    let other = serde_json::json!({"model": "gemma3", "window": 20, "input": "a.json"});
+    let e = OutputSink::create(config(other.clone(), true))
+        .err()
+        .expect("a changed model is refused")
+        .to_string();
+    assert!(
+        e.contains("cannot resume") && e.contains("model: \"smollm2\" then, \"gemma3\" now"),
+        "{e}"
+    );
+    assert!(!e.contains("window"), "{e}");
+    // Without --resume it starts over (and records the new settings); the
+    // same settings resume.
+    OutputSink::create(config(other.clone(), false)).unwrap();
+    let resumed = OutputSink::create(config(other, true)).unwrap();
+    resumed.finish().unwrap();
+    assert!(
+        !record.exists(),
+        "the fingerprint is dropped with the finished run"
     );
 }
 

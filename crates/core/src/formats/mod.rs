@@ -53,7 +53,7 @@
 //! See [`output`]: TREC run and JSONL result writers, [`AtomicWriter`], and
 //! [`OutputSink`] with `.partial` progress files for `--resume`.
 
-mod lines;
+pub(crate) mod lines;
 pub mod output;
 mod rankllm;
 pub mod trec;
@@ -72,7 +72,7 @@ pub use output::{
     completed_qids, format_request_jsonl, remove_unfinished_outputs, write_atomically,
     AtomicWriter, OutputConfig, OutputKind, OutputSink,
 };
-pub use trec::{read_corpus_subset, read_topics, read_trec_run, RunEntry};
+pub use trec::{read_corpus_subset, read_topics, read_trec_run, read_trec_run_strict, RunEntry};
 
 /// A stream of requests; it ends after the first error.
 pub type RequestIter = Box<dyn Iterator<Item = Result<Request>> + Send>;

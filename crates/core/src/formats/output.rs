@@ -43,6 +43,15 @@
 //!   show). Each `.partial` is rewritten (atomically) to hold exactly the done
 //!   queries, then appended to; [`OutputSink::completed`] lists their qids
 //!   for the caller to skip.
+//!
+//! Durability and exclusion: every rename into place is followed by an fsync
+//! of the directory, so a finished output survives a power cut. While a sink
+//! is open it holds an exclusive lock on `<output>.lock` (the first output),
+//! so a second process writing the same output (two `rerank --resume`) is
+//! refused instead of interleaving. With [`OutputConfig::fingerprint`] (what
+//! determines the output: model, window, input, ...) the sink keeps it in
+//! `<output>.resume.json` while the run is unfinished, and a resume whose
+//! fingerprint differs is refused, naming the fields that changed.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -312,8 +321,19 @@ impl AtomicWriter {
             .map_err(|e| Error::io(&target, e))?;
         tmp.persist(&target)
             .map_err(|e| Error::io(&target, e.error))?;
-        Ok(())
+        sync_dir(&parent_dir(&target))
     }
+}
+
+/// Makes the renames in `dir` durable (unix; elsewhere a no-op).
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 impl Write for AtomicWriter {
@@ -501,6 +521,9 @@ pub struct OutputConfig {
     pub tag: String,
     /// Continue from existing `.partial` files (or finished outputs).
     pub resume: bool,
+    /// What determines the output (a JSON object of named settings): kept
+    /// beside the unfinished run and compared on resume. None: no check.
+    pub fingerprint: Option<serde_json::Value>,
 }
 
 struct Target {
@@ -517,6 +540,82 @@ pub struct OutputSink {
     targets: Vec<Target>,
     tag: String,
     completed: HashSet<String>,
+    /// `<output>.lock`, locked while the sink lives; removed by `finish`.
+    lock: (PathBuf, File),
+    /// `<output>.resume.json`, if a fingerprint was given.
+    fingerprint_file: Option<PathBuf>,
+}
+
+/// `<path><suffix>`.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Takes the exclusive lock of an output, or says who holds it.
+fn lock_output(target: &Path) -> Result<(PathBuf, File)> {
+    let path = with_suffix(target, ".lock");
+    let dir = parent_dir(target);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok((path, file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Invalid(format!(
+            "{} is being written by another process (its lock {} is held); wait for it to finish \
+             or stop it before resuming",
+            target.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
+/// Refuses a resume whose fingerprint differs from the unfinished run's.
+fn check_fingerprint(file: &Path, now: &serde_json::Value) -> Result<()> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(file, e)),
+    };
+    let before: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::input(
+            file,
+            format!("line {}", e.line()),
+            format!("not the JSON firstrank wrote: {e}"),
+        )
+    })?;
+    if &before == now {
+        return Ok(());
+    }
+    let empty = serde_json::Map::new();
+    let (b, n) = (
+        before.as_object().unwrap_or(&empty),
+        now.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = b.keys().chain(n.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let changed: Vec<String> = keys
+        .into_iter()
+        .filter(|k| b.get(*k) != n.get(*k))
+        .map(|k| {
+            let show =
+                |v: Option<&serde_json::Value>| v.map_or("(none)".to_string(), |v| v.to_string());
+            format!("{k}: {} then, {} now", show(b.get(k)), show(n.get(k)))
+        })
+        .collect();
+    Err(Error::Invalid(format!(
+        "cannot resume: the unfinished run was made with other settings ({}; recorded in {}). \
+         Rerun without --resume to start over",
+        changed.join("; "),
+        file.display()
+    )))
 }
 
 /// `<path>.partial`.
@@ -550,6 +649,16 @@ impl OutputSink {
             )));
         }
 
+        let lock = lock_output(&outputs[0].1)?;
+        let fingerprint_file = config
+            .fingerprint
+            .as_ref()
+            .map(|_| with_suffix(&outputs[0].1, ".resume.json"));
+        if let (Some(file), Some(now), true) =
+            (&fingerprint_file, &config.fingerprint, config.resume)
+        {
+            check_fingerprint(file, now)?;
+        }
         let mut completed = HashSet::new();
         if config.resume {
             // Scan what exists; a missing progress file means nothing done.
@@ -605,10 +714,17 @@ impl OutputSink {
                 file: BufWriter::with_capacity(1 << 16, file),
             });
         }
+        if let (Some(file), Some(now)) = (&fingerprint_file, &config.fingerprint) {
+            let text = serde_json::to_string_pretty(now)
+                .map_err(|e| Error::Invalid(format!("the run's fingerprint: {e}")))?;
+            write_atomically(file, format!("{text}\n").as_bytes())?;
+        }
         Ok(Self {
             targets,
             tag: config.tag,
             completed,
+            lock,
+            fingerprint_file,
         })
     }
 
@@ -636,8 +752,10 @@ impl OutputSink {
         Ok(())
     }
 
-    /// Syncs every `.partial` and renames it onto its output.
+    /// Syncs every `.partial`, renames it onto its output and syncs the
+    /// directory; then drops the run's fingerprint and lock files.
     pub fn finish(self) -> Result<()> {
+        let mut dirs = Vec::new();
         for t in self.targets {
             let file = t
                 .file
@@ -646,8 +764,36 @@ impl OutputSink {
             file.sync_all().map_err(|e| Error::io(&t.partial, e))?;
             drop(file);
             std::fs::rename(&t.partial, &t.target).map_err(|e| Error::io(&t.target, e))?;
+            let dir = parent_dir(&t.target);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
         }
+        for dir in &dirs {
+            sync_dir(dir)?;
+        }
+        if let Some(f) = &self.fingerprint_file {
+            std::fs::remove_file(f)
+                .or_else(not_found_ok)
+                .map_err(|e| Error::io(f, e))?;
+        }
+        // Removed while still locked; a process that opened it just before
+        // could still lock the unlinked file, which takes three runs of one
+        // output at once.
+        let (lock_path, lock_file) = self.lock;
+        std::fs::remove_file(&lock_path)
+            .or_else(not_found_ok)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        drop(lock_file);
         Ok(())
+    }
+}
+
+fn not_found_ok(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
     }
 }
 

@@ -4,12 +4,17 @@
 //! Ordering: within a query, run entries are sorted by score descending, ties
 //! by the rank column ascending, remaining ties in file order. trec_eval also
 //! sorts by score but breaks ties by docid; the rank column is used here
-//! because it is what the run's author meant. Queries come out in the order
+//! because it is what the run's author meant. Like trec_eval, the rank column
+//! need not be a number: a rank that is not a non-negative integer is kept
+//! as none and sorts after the numbered ones. Queries come out in the order
 //! of their first appearance in the run.
 //!
-//! A docid listed twice for one query keeps its best-ordered entry (the
-//! others are dropped with a warning). A run qid missing from the topics, or
-//! a run docid missing from the corpus, is an error.
+//! A docid listed twice for one query: as a first stage to rerank
+//! ([`read_trec_run`]) it keeps its best-ordered entry (the others are
+//! dropped with a warning); as a run to evaluate ([`read_trec_run_strict`])
+//! it is an error naming both lines, as trec_eval refuses it. A run qid
+//! missing from the topics, or a run docid missing from the corpus, is an
+//! error.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -25,8 +30,9 @@ use crate::{Candidate, Error, Query, Result};
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunEntry {
     pub docid: String,
-    /// The run's rank column as written (usually 1-based).
-    pub rank: u64,
+    /// The run's rank column (usually 1-based); None when it is not a
+    /// non-negative integer (trec_eval ignores the column).
+    pub rank: Option<u64>,
     pub score: f64,
 }
 
@@ -42,12 +48,7 @@ pub(crate) fn parse_run_line(line: &str) -> std::result::Result<(&str, RunEntry)
             cols.len()
         ));
     }
-    let rank: u64 = cols[3].parse().map_err(|_| {
-        format!(
-            "rank (column 4) must be a non-negative integer, found `{}`",
-            cols[3]
-        )
-    })?;
+    let rank: Option<u64> = cols[3].parse().ok();
     let score: f64 = cols[4]
         .parse()
         .ok()
@@ -75,8 +76,17 @@ struct RunQuery {
     entries: Vec<(RunEntry, usize)>,
 }
 
+/// What to do with a docid listed twice for one query.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Duplicates {
+    /// Keep the best-ordered entry, warn about the others.
+    KeepBest,
+    /// Refuse the run (trec_eval's rule for runs it evaluates).
+    Refuse,
+}
+
 /// Reads a run keeping queries in first-appearance order, entries sorted.
-fn read_run_ordered(path: &Path) -> Result<Vec<RunQuery>> {
+fn read_run_ordered(path: &Path, duplicates: Duplicates) -> Result<Vec<RunQuery>> {
     let mut lines = Lines::open(path)?;
     let mut queries: Vec<RunQuery> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
@@ -101,9 +111,28 @@ fn read_run_ordered(path: &Path) -> Result<Vec<RunQuery>> {
         queries[i].entries.push((entry, line.no));
     }
     for q in &mut queries {
-        // Stable: equal (score, rank) keep file order.
-        q.entries
-            .sort_by(|(a, _), (b, _)| b.score.total_cmp(&a.score).then(a.rank.cmp(&b.rank)));
+        if duplicates == Duplicates::Refuse {
+            let mut first: HashMap<&str, usize> = HashMap::with_capacity(q.entries.len());
+            for (e, line) in &q.entries {
+                if let Some(before) = first.insert(e.docid.as_str(), *line) {
+                    return Err(Error::input(
+                        path,
+                        format!("line {line}"),
+                        format!(
+                            "docid `{}` is listed again for query `{}` (first at line {before}); \
+                             expected each docid once per query (trec_eval refuses such runs too)",
+                            e.docid, q.qid
+                        ),
+                    ));
+                }
+            }
+        }
+        // Stable: equal (score, rank) keep file order; unnumbered ranks last.
+        q.entries.sort_by(|(a, _), (b, _)| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.rank.unwrap_or(u64::MAX).cmp(&b.rank.unwrap_or(u64::MAX)))
+        });
         let mut seen = HashSet::with_capacity(q.entries.len());
         q.entries.retain(|(e, line)| {
             if seen.insert(e.docid.clone()) {
@@ -126,7 +155,17 @@ fn read_run_ordered(path: &Path) -> Result<Vec<RunQuery>> {
 /// rank column (see the module comment). Duplicate docids keep their first
 /// entry in that order.
 pub fn read_trec_run(path: &Path) -> Result<BTreeMap<String, Vec<RunEntry>>> {
-    Ok(read_run_ordered(path)?
+    run_by_qid(read_run_ordered(path, Duplicates::KeepBest)?)
+}
+
+/// [`read_trec_run`] for a run to evaluate: a docid listed twice for one
+/// query is an error, as in trec_eval.
+pub fn read_trec_run_strict(path: &Path) -> Result<BTreeMap<String, Vec<RunEntry>>> {
+    run_by_qid(read_run_ordered(path, Duplicates::Refuse)?)
+}
+
+fn run_by_qid(queries: Vec<RunQuery>) -> Result<BTreeMap<String, Vec<RunEntry>>> {
+    Ok(queries
         .into_iter()
         .map(|q| (q.qid, q.entries.into_iter().map(|(e, _)| e).collect()))
         .collect())
@@ -280,7 +319,7 @@ pub(crate) fn open_run_with_texts(
     topics_path: &Path,
     corpus_path: &Path,
 ) -> Result<RequestIter> {
-    let queries = read_run_ordered(run)?;
+    let queries = read_run_ordered(run, Duplicates::KeepBest)?;
     let topics: HashMap<String, String> = read_topics(topics_path)?
         .into_iter()
         .map(|q| (q.qid, q.text))

@@ -1,0 +1,138 @@
+//! `firstrank rerank --resume` after a crash: a run aborted after any query
+//! (failure injection: `FIRSTRANK_FAULT=rerank:<n>` aborts the process there,
+//! as a kill -9 would) and resumed gives a TREC run and a JSONL byte-identical
+//! to an uninterrupted run; a resume with other settings is refused, naming
+//! them (the lock against a second writer is tested in core's formats tests).
+//! Uses the model-free `reverse` diagnostic scorer.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+
+use support::{p, stderr};
+
+/// Twelve queries of five to nine candidates each, in request JSONL.
+fn input(dir: &Path) -> std::path::PathBuf {
+    let mut text = String::new();
+    for q in 0..12 {
+        let cands: Vec<String> = (0..5 + q % 5)
+            .map(|c| {
+                format!(
+                    r#"{{"docid": "d{q}-{c}", "score": {}, "doc": {{"contents": "passage {c} of query {q}"}}}}"#,
+                    20 - c
+                )
+            })
+            .collect();
+        text.push_str(&format!(
+            r#"{{"query": {{"text": "query {q}", "qid": "q{q}"}}, "candidates": [{}]}}"#,
+            cands.join(", ")
+        ));
+        text.push('\n');
+    }
+    let path = dir.join("input.jsonl");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn rerank(dir: &Path, input: &Path, name: &str, extra: &[&str], fault: Option<usize>) -> Output {
+    let trec = dir.join(format!("{name}.trec"));
+    let jsonl = dir.join(format!("{name}.jsonl"));
+    let mut args = vec![
+        "rerank",
+        "-q",
+        "--input",
+        p(input),
+        "--output",
+        p(&trec),
+        "--output-jsonl",
+        p(&jsonl),
+        "--diagnostic-scorer",
+        "reverse",
+        "--window",
+        "3",
+        "--stride",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = assert_cmd::Command::cargo_bin("firstrank").unwrap();
+    cmd.args(&args);
+    match fault {
+        Some(n) => cmd.env("FIRSTRANK_FAULT", format!("rerank:{n}")),
+        None => cmd.env_remove("FIRSTRANK_FAULT"),
+    };
+    cmd.output().unwrap()
+}
+
+#[test]
+fn an_aborted_rerank_resumes_to_the_same_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = input(dir);
+    let o = rerank(dir, &input, "ref", &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want_trec = std::fs::read(dir.join("ref.trec")).unwrap();
+    let want_jsonl = std::fs::read(dir.join("ref.jsonl")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&want_jsonl).lines().count(), 12);
+
+    for (i, kill_after) in [1usize, 5, 11].into_iter().enumerate() {
+        let name = format!("run{i}");
+        let o = rerank(dir, &input, &name, &[], Some(kill_after));
+        assert!(!o.status.success(), "the fault did not stop the run");
+        assert!(stderr(&o).contains("FIRSTRANK_FAULT"), "{}", stderr(&o));
+        assert!(!dir.join(format!("{name}.trec")).exists());
+        assert!(dir.join(format!("{name}.trec.partial")).exists());
+        // Killed again later in the resumed run, then resumed to the end.
+        let o = rerank(dir, &input, &name, &["--resume"], Some(1));
+        assert!(!o.status.success());
+        let o = rerank(dir, &input, &name, &["--resume"], None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            std::fs::read(dir.join(format!("{name}.trec"))).unwrap(),
+            want_trec,
+            "TREC run after an abort at query {kill_after}"
+        );
+        assert_eq!(
+            std::fs::read(dir.join(format!("{name}.jsonl"))).unwrap(),
+            want_jsonl,
+            "JSONL after an abort at query {kill_after}"
+        );
+        for leftover in [
+            ".trec.partial",
+            ".jsonl.partial",
+            ".trec.lock",
+            ".trec.resume.json",
+        ] {
+            assert!(
+                !dir.join(format!("{name}{leftover}")).exists(),
+                "{name}{leftover} left behind"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_resume_with_other_settings_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = input(dir);
+    let o = rerank(dir, &input, "run", &[], Some(4));
+    assert!(!o.status.success());
+    let o = rerank(dir, &input, "run", &["--resume", "--passes", "2"], None);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot resume") && err.contains("passes: 1 then, 2 now"),
+        "{err}"
+    );
+    assert!(!err.contains("stride"), "{err}");
+    // Another input file: refused too (the same file fixed in place resumes).
+    let other = dir.join("other.jsonl");
+    std::fs::copy(&input, &other).unwrap();
+    let o = rerank(dir, &other, "run", &["--resume"], None);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("input:"), "{}", stderr(&o));
+    // Starting over without --resume works.
+    let o = rerank(dir, &input, "run", &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
