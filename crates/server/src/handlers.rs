@@ -309,8 +309,42 @@ pub(crate) async fn batch_v1(
     respond(&state, r)
 }
 
+/// 415 when the request names a media type other than JSON (or JSON lines,
+/// which the batch endpoint reads); a request without `Content-Type` is read
+/// as JSON.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = media == "application/json"
+        || media.ends_with("+json")
+        || media == "application/x-ndjson"
+        || media == "application/jsonl"
+        || media == "application/x-jsonlines";
+    if json {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!(
+            "the body must be JSON: send `Content-Type: application/json` (got `{}`)",
+            value.to_str().unwrap_or("(not text)")
+        ),
+    ))
+}
+
 /// Reads the body within the size and time limits.
 async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    check_content_type(headers)?;
     let limit = state.config.limits.max_body_bytes;
     let too_large = || {
         ApiError::too_large(format!(
