@@ -218,9 +218,12 @@ impl RerankOutcome {
     }
 }
 
-/// Per-query state while its schedule is worked through; lets several queries
-/// advance in lockstep so their windows can be batched.
-struct InFlight {
+/// One query being reranked window by window: its candidates in their
+/// current order, its schedule and the windows scored so far. Several of them
+/// advance in lockstep in [`rerank_batch`]; a scheduler (the server's worker)
+/// can also interleave the windows of many queries from many requests, and
+/// drop a query between two windows.
+pub struct QueryRerank {
     query: Query,
     list: Vec<RankedCandidate>,
     schedule: Vec<Range<usize>>,
@@ -228,8 +231,10 @@ struct InFlight {
     windows: Vec<WindowRecord>,
 }
 
-impl InFlight {
-    fn new(request: Request, strategy: &WindowStrategy) -> Self {
+impl QueryRerank {
+    /// Starts `request` on the schedule of `strategy` (which the caller has
+    /// validated).
+    pub fn new(request: Request, strategy: &WindowStrategy) -> Self {
         let schedule = strategy.schedule(request.candidates.len());
         let list = request
             .candidates
@@ -250,12 +255,39 @@ impl InFlight {
         }
     }
 
+    pub fn query(&self) -> &Query {
+        &self.query
+    }
+
+    /// Windows not yet scored.
+    pub fn windows_left(&self) -> usize {
+        self.schedule.len() - self.next
+    }
+
     fn current(&self) -> Option<Range<usize>> {
         self.schedule.get(self.next).cloned()
     }
 
-    /// Applies scores to the current window: stable sort, descending.
-    fn apply(&mut self, range: Range<usize>, scores: Vec<f32>) -> Result<()> {
+    /// The candidates of the next window, in their current order (cloned, so
+    /// the scorer borrows nothing mutable); None when the query is done.
+    pub fn next_window(&self) -> Option<Vec<Candidate>> {
+        let range = self.current()?;
+        Some(
+            self.list[range]
+                .iter()
+                .map(|c| c.candidate.clone())
+                .collect(),
+        )
+    }
+
+    /// Applies the scores of the next window: a stable sort, descending.
+    pub fn apply(&mut self, scores: Vec<f32>) -> Result<()> {
+        let Some(range) = self.current() else {
+            return Err(Error::Invalid(format!(
+                "scores given for query {} after its last window",
+                self.query.qid
+            )));
+        };
         let len = range.len();
         if scores.len() != len {
             return Err(Error::Invalid(format!(
@@ -294,7 +326,8 @@ impl InFlight {
         Ok(())
     }
 
-    fn finish(self) -> RerankOutcome {
+    /// The result (meant for a query whose windows are all scored).
+    pub fn finish(self) -> RerankOutcome {
         RerankOutcome {
             query: self.query,
             ranked: self.list,
@@ -321,33 +354,22 @@ pub fn rerank_batch<S: WindowScorer + ?Sized>(
     requests: Vec<Request>,
 ) -> Result<Vec<RerankOutcome>> {
     strategy.validate()?;
-    let mut states: Vec<InFlight> = requests
+    let mut states: Vec<QueryRerank> = requests
         .into_iter()
-        .map(|r| InFlight::new(r, strategy))
+        .map(|r| QueryRerank::new(r, strategy))
         .collect();
     loop {
-        let active: Vec<(usize, Range<usize>)> = states
+        let active: Vec<(usize, Vec<Candidate>)> = states
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.current().map(|r| (i, r)))
+            .filter_map(|(i, s)| s.next_window().map(|w| (i, w)))
             .collect();
         if active.is_empty() {
             break;
         }
-        // Windows are cloned out so the scorer borrows nothing mutable.
-        let windows: Vec<Vec<Candidate>> = active
-            .iter()
-            .map(|(i, r)| {
-                states[*i].list[r.clone()]
-                    .iter()
-                    .map(|c| c.candidate.clone())
-                    .collect()
-            })
-            .collect();
         let batch: Vec<(&Query, &[Candidate])> = active
             .iter()
-            .zip(&windows)
-            .map(|((i, _), w)| (&states[*i].query, w.as_slice()))
+            .map(|(i, w)| (&states[*i].query, w.as_slice()))
             .collect();
         let scores = scorer
             .score_windows(&batch)
@@ -359,11 +381,11 @@ pub fn rerank_batch<S: WindowScorer + ?Sized>(
                 active.len()
             )));
         }
-        for ((i, range), s) in active.into_iter().zip(scores) {
-            states[i].apply(range, s)?;
+        for ((i, _), s) in active.into_iter().zip(scores) {
+            states[i].apply(s)?;
         }
     }
-    Ok(states.into_iter().map(InFlight::finish).collect())
+    Ok(states.into_iter().map(QueryRerank::finish).collect())
 }
 
 #[cfg(test)]

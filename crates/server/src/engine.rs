@@ -7,15 +7,19 @@
 //!   window), the request is refused with 429 and a `Retry-After` estimate.
 //!   Overload therefore turns into fast 429s instead of timeouts or memory
 //!   growth.
-//! * **Batching.** The worker takes one job and then drains whatever else is
-//!   queued, up to `max_batch_queries` queries, and reranks them together with
-//!   core's `rerank_batch` (lockstep windows through
-//!   `WindowScorer::score_windows`, the batching seam of the backends).
-//! * **Abandonment.** Jobs whose client timed out or disconnected before the
-//!   worker reached them are dropped unscored.
-//! * **Isolation.** A failing batch is retried job by job so one bad request
-//!   cannot fail its neighbours; a panic in the scorer becomes a 500 for the
-//!   jobs of that batch, and the worker carries on; after
+//! * **Scheduling by window.** The worker holds every admitted job's queries
+//!   as [`QueryRerank`]s and scores one window at a time for up to
+//!   `max_batch_queries` of them together (`WindowScorer::score_windows`,
+//!   the batching seam of the backends), picking round-robin across jobs: a
+//!   `/rerank/batch` of 64 queries interleaves with single requests instead
+//!   of holding the model until it is done.
+//! * **Cancellation.** Before every batch, jobs whose client has gone or
+//!   whose deadline has passed are dropped, also half-way through their
+//!   windows.
+//! * **Isolation.** A failing batch is retried window by window (for jobs
+//!   still wanted) so one bad request cannot fail its neighbours; a panic in
+//!   the scorer fails only the job whose window panicked, and the worker
+//!   carries on; after
 //!   [`MAX_CONSECUTIVE_PANICS`] panics in a row without a success the scorer
 //!   is taken to be broken: the worker answers what it holds with 503 and
 //!   stops, and [`Engine::state`] (hence `/health`) reports it, so an
@@ -27,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use firstrank_core::window::{rerank_batch, RerankOutcome, WindowScorer, WindowStrategy};
+use firstrank_core::window::{QueryRerank, RerankOutcome, WindowScorer, WindowStrategy};
 use firstrank_core::Request;
 use tokio::sync::{mpsc, oneshot};
 
@@ -239,62 +243,260 @@ struct Worker {
     consecutive_panics: u32,
 }
 
+/// An admitted job being worked through: its queries, the outcomes of those
+/// done, and its result once a window of it failed.
+struct Running {
+    job: Job,
+    queries: Vec<Option<QueryRerank>>,
+    outcomes: Vec<Option<RerankOutcome>>,
+    failed: Option<ApiError>,
+}
+
+impl Running {
+    fn new(mut job: Job, strategy: &WindowStrategy) -> Self {
+        let requests = std::mem::take(&mut job.requests);
+        let n = requests.len();
+        Self {
+            queries: requests
+                .into_iter()
+                .map(|r| Some(QueryRerank::new(r, strategy)))
+                .collect(),
+            outcomes: (0..n).map(|_| None).collect(),
+            job,
+            failed: None,
+        }
+    }
+
+    /// Moves finished queries to `outcomes`; whether the job is complete.
+    fn settle(&mut self) -> bool {
+        for (q, out) in self.queries.iter_mut().zip(&mut self.outcomes) {
+            if q.as_ref().is_some_and(|q| q.windows_left() == 0) {
+                *out = q.take().map(QueryRerank::finish);
+            }
+        }
+        self.failed.is_some() || self.outcomes.iter().all(Option::is_some)
+    }
+
+    fn wanted(&self, now: Instant) -> bool {
+        !self.job.reply.is_closed() && self.job.deadline > now
+    }
+}
+
+/// One window picked for the next batch: (job index, query index).
+type Pick = (usize, usize);
+
+/// A scorer panic or error on one window.
+enum WindowFailure {
+    Failed(String),
+    Panicked,
+}
+
 impl Worker {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.blocking_recv() {
-            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            let mut queries = first.requests.len();
-            let mut jobs = vec![first];
-            while queries < self.max_batch_queries {
-                match rx.try_recv() {
-                    Ok(job) => {
-                        self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                        queries += job.requests.len();
-                        jobs.push(job);
-                    }
-                    Err(_) => break,
+        let mut running: Vec<Running> = Vec::new();
+        let mut turn = 0usize;
+        loop {
+            if running.is_empty() {
+                match rx.blocking_recv() {
+                    Some(job) => self.admit(job, &mut running),
+                    None => return,
                 }
             }
-            let now = Instant::now();
-            let (live, dead): (Vec<Job>, Vec<Job>) = jobs
-                .into_iter()
-                .partition(|j| !j.reply.is_closed() && j.deadline > now);
-            for j in dead {
-                self.metrics.abandoned_jobs.fetch_add(1, Ordering::Relaxed);
-                self.finish(
-                    j,
-                    Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "timeout",
-                        "timed out in the queue",
-                    )),
-                );
+            while let Ok(job) = rx.try_recv() {
+                self.admit(job, &mut running);
             }
-            if live.is_empty() {
+            self.cancel_unwanted(&mut running);
+            if running.is_empty() {
                 continue;
             }
-            self.score_jobs(live);
-            if self.consecutive_panics >= MAX_CONSECUTIVE_PANICS {
-                tracing::error!(
-                    "the scorer panicked {} times in a row: taking it as broken and stopping the worker \
-                     (/health answers 503; restart the server)",
-                    self.consecutive_panics
-                );
-                rx.close();
-                while let Ok(job) = rx.try_recv() {
-                    self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                    self.finish(
-                        job,
-                        Err(ApiError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "unavailable",
-                            "the scoring worker has stopped: the scorer kept panicking",
-                        )),
-                    );
+            let picks = self.pick(&running, turn);
+            turn = turn.wrapping_add(1);
+            self.score(&mut running, &picks);
+            let mut i = 0;
+            while i < running.len() {
+                if running[i].settle() {
+                    let r = running.remove(i);
+                    self.answer(r);
+                } else {
+                    i += 1;
                 }
+            }
+            if self.consecutive_panics >= MAX_CONSECUTIVE_PANICS {
+                self.stop_broken(running, rx);
                 return;
             }
         }
+    }
+
+    fn admit(&self, job: Job, running: &mut Vec<Running>) {
+        self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        running.push(Running::new(job, &self.strategy));
+    }
+
+    /// Drops jobs whose client has gone or whose deadline has passed.
+    fn cancel_unwanted(&self, running: &mut Vec<Running>) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < running.len() {
+            if running[i].wanted(now) {
+                i += 1;
+                continue;
+            }
+            let r = running.remove(i);
+            self.metrics.abandoned_jobs.fetch_add(1, Ordering::Relaxed);
+            self.finish(
+                r.job,
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    "not scored within the request timeout",
+                )),
+            );
+        }
+    }
+
+    /// Up to `max_batch_queries` windows, one query per job per round,
+    /// starting from a different job each turn.
+    fn pick(&self, running: &[Running], turn: usize) -> Vec<Pick> {
+        let mut picks = Vec::new();
+        let n = running.len();
+        let mut next_query = vec![0usize; n];
+        loop {
+            let before = picks.len();
+            for k in 0..n {
+                if picks.len() == self.max_batch_queries {
+                    return picks;
+                }
+                let j = (turn + k) % n;
+                let queries = &running[j].queries;
+                while next_query[j] < queries.len() {
+                    let q = next_query[j];
+                    next_query[j] += 1;
+                    if queries[q].as_ref().is_some_and(|q| q.windows_left() > 0) {
+                        picks.push((j, q));
+                        break;
+                    }
+                }
+            }
+            if picks.len() == before {
+                return picks;
+            }
+        }
+    }
+
+    /// Scores the picked windows together; on failure, window by window for
+    /// the jobs still wanted, so that only the failing job fails.
+    fn score(&mut self, running: &mut [Running], picks: &[Pick]) {
+        if picks.is_empty() {
+            return;
+        }
+        let windows: Vec<Vec<firstrank_core::Candidate>> = picks
+            .iter()
+            .map(|&(j, q)| {
+                running[j].queries[q]
+                    .as_ref()
+                    .and_then(QueryRerank::next_window)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let result = {
+            let batch: Vec<(&firstrank_core::Query, &[firstrank_core::Candidate])> = picks
+                .iter()
+                .zip(&windows)
+                .map(|(&(j, q), w)| {
+                    let query = running[j].queries[q]
+                        .as_ref()
+                        .expect("a picked query")
+                        .query();
+                    (query, w.as_slice())
+                })
+                .collect();
+            self.score_batch(&batch)
+        };
+        match result {
+            Ok(scores) => {
+                for (&(j, q), s) in picks.iter().zip(scores) {
+                    apply(&mut running[j], q, s);
+                }
+            }
+            Err(failure) if picks.len() == 1 => {
+                let (j, _) = picks[0];
+                running[j].failed = Some(failure_error(&failure));
+            }
+            Err(_) => {
+                let now = Instant::now();
+                for (&(j, q), w) in picks.iter().zip(&windows) {
+                    if running[j].failed.is_some() || !running[j].wanted(now) {
+                        continue;
+                    }
+                    let result = {
+                        let query = running[j].queries[q]
+                            .as_ref()
+                            .expect("a picked query")
+                            .query();
+                        self.score_batch(&[(query, w.as_slice())])
+                    };
+                    match result {
+                        Ok(mut scores) => apply(&mut running[j], q, scores.remove(0)),
+                        Err(failure) => running[j].failed = Some(failure_error(&failure)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One `score_windows` call, timed and guarded against panics.
+    fn score_batch(
+        &mut self,
+        batch: &[(&firstrank_core::Query, &[firstrank_core::Candidate])],
+    ) -> Result<Vec<Vec<f32>>, WindowFailure> {
+        let started = Instant::now();
+        let scorer = &mut self.scorer;
+        let result = catch_unwind(AssertUnwindSafe(|| scorer.score_windows(batch)));
+        let secs = started.elapsed().as_secs_f64();
+        self.metrics
+            .scoring_seconds_micros
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+        match result {
+            Ok(Ok(scores)) if scores.len() == batch.len() => {
+                self.consecutive_panics = 0;
+                let n = batch.len() as u64;
+                self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+                self.metrics.batched_queries.fetch_add(n, Ordering::Relaxed);
+                self.metrics.windows_scored.fetch_add(n, Ordering::Relaxed);
+                let sample = secs / batch.len() as f64;
+                let old = f64::from_bits(self.secs_per_window.load(Ordering::Relaxed));
+                let new = if old > 0.0 {
+                    0.7 * old + 0.3 * sample
+                } else {
+                    sample
+                };
+                self.secs_per_window
+                    .store(new.max(1e-9).to_bits(), Ordering::Relaxed);
+                Ok(scores)
+            }
+            Ok(Ok(scores)) => Err(WindowFailure::Failed(format!(
+                "the scorer returned {} results for a batch of {} windows",
+                scores.len(),
+                batch.len()
+            ))),
+            Ok(Err(e)) => Err(WindowFailure::Failed(format!("{e:#}"))),
+            Err(_) => {
+                self.consecutive_panics += 1;
+                self.metrics.scorer_panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("the scorer panicked; answering 500 and carrying on");
+                Err(WindowFailure::Panicked)
+            }
+        }
+    }
+
+    /// Answers a job that is complete or failed.
+    fn answer(&self, r: Running) {
+        let result = match r.failed {
+            Some(e) => Err(e),
+            None => Ok(r.outcomes.into_iter().flatten().collect()),
+        };
+        self.finish(r.job, result);
     }
 
     /// Answers a job and releases its windows from the pending count.
@@ -305,94 +507,52 @@ impl Worker {
         let _ = job.reply.send(result);
     }
 
-    /// Reranks `requests` in lockstep chunks of `max_batch_queries`.
-    fn rerank(&mut self, requests: Vec<Request>) -> JobResult {
-        let started = Instant::now();
-        let mut outcomes = Vec::with_capacity(requests.len());
-        let mut rest = requests;
-        while !rest.is_empty() {
-            let tail = rest.split_off(rest.len().min(self.max_batch_queries));
-            let chunk = std::mem::replace(&mut rest, tail);
-            let n = chunk.len() as u64;
-            let scorer = &mut self.scorer;
-            let strategy = &self.strategy;
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                rerank_batch(scorer.as_mut(), strategy, chunk)
-            }));
-            let out = match result {
-                Ok(Ok(out)) => out,
-                Ok(Err(e)) => {
-                    return Err(ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "scoring_failed",
-                        format!("scoring failed: {e}"),
-                    ))
-                }
-                Err(_) => {
-                    self.consecutive_panics += 1;
-                    self.metrics.scorer_panics.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!("the scorer panicked; answering 500 and carrying on");
-                    return Err(ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "scoring_failed",
-                        "scoring failed: the scorer panicked",
-                    ));
-                }
-            };
-            self.consecutive_panics = 0;
-            let windows: u64 = out.iter().map(|o| o.windows.len() as u64).sum();
-            self.metrics.batches.fetch_add(1, Ordering::Relaxed);
-            self.metrics.batched_queries.fetch_add(n, Ordering::Relaxed);
-            self.metrics
-                .windows_scored
-                .fetch_add(windows, Ordering::Relaxed);
-            outcomes.extend(out);
+    /// After too many panics in a row: answers everything held with 503 and
+    /// lets the thread end.
+    fn stop_broken(&self, running: Vec<Running>, mut rx: mpsc::Receiver<Job>) {
+        tracing::error!(
+            "the scorer panicked {} times in a row: taking it as broken and stopping the worker \
+             (/health answers 503; restart the server)",
+            self.consecutive_panics
+        );
+        rx.close();
+        let unavailable = || {
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the scoring worker has stopped: the scorer kept panicking",
+            ))
+        };
+        for r in running {
+            self.finish(r.job, unavailable());
         }
-        let secs = started.elapsed().as_secs_f64();
-        self.metrics
-            .scoring_seconds_micros
-            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
-        let windows: usize = outcomes.iter().map(|o| o.windows.len()).sum();
-        if windows > 0 {
-            let sample = secs / windows as f64;
-            let old = f64::from_bits(self.secs_per_window.load(Ordering::Relaxed));
-            let new = if old > 0.0 {
-                0.7 * old + 0.3 * sample
-            } else {
-                sample
-            };
-            self.secs_per_window
-                .store(new.max(1e-9).to_bits(), Ordering::Relaxed);
+        while let Ok(job) = rx.try_recv() {
+            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            self.finish(job, unavailable());
         }
-        Ok(outcomes)
     }
+}
 
-    fn score_jobs(&mut self, jobs: Vec<Job>) {
-        if jobs.len() == 1 {
-            let mut jobs = jobs;
-            let mut job = jobs.pop().expect("one job");
-            let result = self.rerank(std::mem::take(&mut job.requests));
-            self.finish(job, result);
-            return;
-        }
-        let counts: Vec<usize> = jobs.iter().map(|j| j.requests.len()).collect();
-        let mut jobs = jobs;
-        let all: Vec<Request> = jobs.iter().flat_map(|j| j.requests.clone()).collect();
-        match self.rerank(all) {
-            Ok(outcomes) => {
-                let mut it = outcomes.into_iter();
-                for (job, n) in jobs.into_iter().zip(counts) {
-                    let mine: Vec<RerankOutcome> = it.by_ref().take(n).collect();
-                    self.finish(job, Ok(mine));
-                }
-            }
-            Err(_) => {
-                // Retry one by one so only the failing job gets the error.
-                for mut job in jobs.drain(..) {
-                    let result = self.rerank(std::mem::take(&mut job.requests));
-                    self.finish(job, result);
-                }
-            }
+/// Applies a window's scores to query `q` of `r`; a bad result fails the job.
+fn apply(r: &mut Running, q: usize, scores: Vec<f32>) {
+    if let Some(query) = r.queries[q].as_mut() {
+        if let Err(e) = query.apply(scores) {
+            r.failed = Some(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "scoring_failed",
+                format!("scoring failed: {e}"),
+            ));
         }
     }
+}
+
+fn failure_error(failure: &WindowFailure) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "scoring_failed",
+        match failure {
+            WindowFailure::Failed(e) => format!("scoring failed: {e}"),
+            WindowFailure::Panicked => "scoring failed: the scorer panicked".to_string(),
+        },
+    )
 }

@@ -2,11 +2,15 @@
 //! connections (header-read timeout, connection cap), a scorer that errors,
 //! panics or keeps panicking (only its request fails; `/health` reports a
 //! dead worker), a query longer than the limit (413 before any work), a
-//! streamed body over the size limit, and a shutdown bounded by
-//! `shutdown_timeout` while a request is still being scored.
+//! streamed body over the size limit, a shutdown bounded by
+//! `shutdown_timeout` while a request is still being scored, a large batch
+//! that must not hold up single requests, and work cancelled between windows
+//! when its client leaves.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use firstrank_core::window::{WindowScorer, WindowStrategy};
@@ -317,4 +321,113 @@ async fn shutdown_within(mut s: Running, bound: Duration) {
         .unwrap()
         .unwrap();
     assert!(started.elapsed() < bound);
+}
+
+/// Sleeps 100 ms per window and counts the windows it scored.
+struct Counting(Arc<AtomicUsize>);
+
+impl WindowScorer for Counting {
+    fn score_window(&mut self, _q: &Query, window: &[Candidate]) -> anyhow::Result<Vec<f32>> {
+        std::thread::sleep(Duration::from_millis(100));
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(window.iter().map(|c| c.text.len() as f32).collect())
+    }
+    fn score_windows(
+        &mut self,
+        windows: &[(&Query, &[Candidate])],
+    ) -> anyhow::Result<Vec<Vec<f32>>> {
+        windows
+            .iter()
+            .map(|(q, w)| self.score_window(q, w))
+            .collect()
+    }
+}
+
+async fn start_counting(config: ServerConfig) -> (Running, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let server = Server::new(config, Box::new(Counting(count.clone())), None).expect("server");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(server.serve(listener, async {
+        let _ = rx.await;
+    }));
+    let running = Running {
+        base: format!("http://{addr}"),
+        addr,
+        stop: Some(tx),
+        handle,
+    };
+    (running, count)
+}
+
+/// A batch of `n` queries with one window (4 documents) each.
+fn batch_body(n: usize) -> Value {
+    let requests: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"query": {"text": "q", "qid": format!("q{i}")},
+                   "candidates": (0..4).map(|d| json!({"docid": format!("d{d}"), "score": 1.0,
+                                                      "doc": {"contents": "x".repeat(d + 1)}}))
+                                       .collect::<Vec<_>>()})
+        })
+        .collect();
+    json!(requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_interleaves_with_single_requests() {
+    let (s, _) = start_counting(ServerConfig {
+        max_batch_queries: 2,
+        ..config()
+    })
+    .await;
+    let base = s.base.clone();
+    // 20 windows at 2 per batch of 100 ms each: about 1 s alone.
+    let started = Instant::now();
+    let batch = tokio::spawn(async move {
+        let r = client()
+            .post(format!("{base}/rerank/batch"))
+            .json(&batch_body(20))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (code, _) = rerank(&s.base, "single").await;
+    let single = started.elapsed();
+    assert_eq!(code, 200);
+    let (code, whole) = batch.await.unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        single + Duration::from_millis(300) < whole,
+        "the single request ({single:?}) waited for the batch ({whole:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_of_a_client_that_left_is_cancelled_between_windows() {
+    let (s, count) = start_counting(ServerConfig {
+        max_batch_queries: 1,
+        ..config()
+    })
+    .await;
+    let base = s.base.clone();
+    // 30 windows at 100 ms each; the client gives up after 350 ms.
+    let gone = tokio::spawn(async move {
+        reqwest::Client::builder()
+            .timeout(Duration::from_millis(350))
+            .build()
+            .unwrap()
+            .post(format!("{base}/rerank/batch"))
+            .json(&batch_body(30))
+            .send()
+            .await
+    });
+    assert!(gone.await.unwrap().is_err(), "the client should time out");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let scored = count.load(Ordering::SeqCst);
+    assert!(scored < 12, "{scored} windows scored after the client left");
+    // The worker is free again.
+    assert_eq!(rerank(&s.base, "after").await.0, 200);
 }

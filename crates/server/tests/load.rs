@@ -75,7 +75,9 @@ async fn mixed_load_gets_no_5xx_and_stays_in_memory() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
-    let words = Arc::new(["river", "city", "paris", "solar", "cell", "piano", "court", "star"]);
+    let words = Arc::new([
+        "river", "city", "paris", "solar", "cell", "piano", "court", "star",
+    ]);
     let mut tasks = Vec::new();
     for c in 0..32u64 {
         let (client, url, words) = (client.clone(), url.clone(), words.clone());
@@ -97,7 +99,11 @@ async fn mixed_load_gets_no_5xx_and_stays_in_memory() {
                         .body("{\"query\": \"x\", \"documents\": [\"a\"")
                 } else {
                     // 1..150 documents: over 100 is 413.
-                    let n = if kind == 1 { 101 + next() % 50 } else { 1 + next() % 60 };
+                    let n = if kind == 1 {
+                        101 + next() % 50
+                    } else {
+                        1 + next() % 60
+                    };
                     let docs: Vec<String> = (0..n)
                         .map(|_| {
                             (0..(5 + next() % 40))
@@ -126,7 +132,7 @@ async fn mixed_load_gets_no_5xx_and_stays_in_memory() {
                             }
                             413 => t.too_large += 1,
                             400 => t.bad_json += 1,
-                            400..=499 => t.other_4xx += 1,
+                            401..=499 => t.other_4xx += 1,
                             _ => t.server_5xx += 1,
                         }
                     }
@@ -154,7 +160,8 @@ async fn mixed_load_gets_no_5xx_and_stays_in_memory() {
     serving.await.unwrap().unwrap();
     all.latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| {
-        let i = ((all.latencies.len() as f64 * p) as usize).min(all.latencies.len().saturating_sub(1));
+        let i =
+            ((all.latencies.len() as f64 * p) as usize).min(all.latencies.len().saturating_sub(1));
         all.latencies.get(i).copied().unwrap_or(0.0) * 1000.0
     };
     let rss = peak_rss_mb();
@@ -174,9 +181,15 @@ async fn mixed_load_gets_no_5xx_and_stays_in_memory() {
     );
     assert_eq!(all.server_5xx, 0, "5xx under load");
     assert_eq!(all.transport, 0, "transport errors under load");
-    assert_eq!(all.too_many_without_retry_after, 0, "429 without Retry-After");
+    assert_eq!(
+        all.too_many_without_retry_after, 0,
+        "429 without Retry-After"
+    );
     assert_eq!(all.other_4xx, 0);
     assert!(all.ok > 100, "only {} requests succeeded", all.ok);
-    assert!(all.too_large > 0 && all.bad_json > 0, "the bad requests were sent");
+    assert!(
+        all.too_large > 0 && all.bad_json > 0,
+        "the bad requests were sent"
+    );
     assert!(rss < 100.0, "peak RSS {rss:.0} MB");
 }
