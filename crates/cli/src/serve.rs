@@ -45,6 +45,10 @@ pub struct ServeArgs {
         help_heading = "Server"
     )]
     pub api_key: Option<String>,
+    /// Let browser pages from this origin call the API (CORS; repeatable,
+    /// e.g. https://app.example.com). Off by default.
+    #[arg(long, value_name = "ORIGIN", help_heading = "Server")]
+    pub cors_allow_origin: Vec<String>,
     /// Name reported as `model` in responses (default: the model's name).
     #[arg(long, value_name = "NAME", help_heading = "Server")]
     pub served_model_name: Option<String>,
@@ -275,6 +279,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_connections: args.max_connections,
         shutdown_timeout: seconds("shutdown-timeout", args.shutdown_timeout)?,
         api_key: args.api_key.clone(),
+        cors_allow_origins: args.cors_allow_origin.clone(),
         initial_seconds_per_window,
     };
     if config.api_key.is_none() && !args.host.is_loopback() {

@@ -74,6 +74,9 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Bearer key required on every route but `/health`.
     pub api_key: Option<String>,
+    /// Browser origins allowed to call the API (CORS); empty: no CORS
+    /// headers, so browsers on other origins cannot read responses.
+    pub cors_allow_origins: Vec<String>,
     /// Seconds one window takes, measured before serving (e.g. a warm-up
     /// window); admission control uses it until real batches are measured.
     /// Without it, requests are admitted up to the queue capacity until then.
@@ -96,6 +99,7 @@ impl Default for ServerConfig {
             max_connections: 1000,
             shutdown_timeout: Duration::from_secs(30),
             api_key: None,
+            cors_allow_origins: Vec::new(),
             initial_seconds_per_window: None,
         }
     }
@@ -117,6 +121,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_connections", &self.max_connections)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("cors_allow_origins", &self.cors_allow_origins)
             .field(
                 "initial_seconds_per_window",
                 &self.initial_seconds_per_window,

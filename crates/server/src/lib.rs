@@ -121,7 +121,30 @@ fn build_router(state: &Arc<AppState>) -> (Router, Vec<(&'static str, &'static s
             handlers::observe,
         ))
         .with_state(state.clone());
+    let router = match cors_layer(&state.config.cors_allow_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
     (router, list)
+}
+
+/// The CORS layer for an allow-list of origins (None when empty): GET and
+/// POST with the JSON and auth headers; preflight answered by the layer.
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderValue, Method};
+    if origins.is_empty() {
+        return None;
+    }
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(allowed)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]),
+    )
 }
 
 /// A configured server: the worker is running; [`Server::serve`] accepts connections.
@@ -146,6 +169,13 @@ impl Server {
             metrics.clone(),
             config.initial_seconds_per_window,
         )?;
+        for origin in &config.cors_allow_origins {
+            anyhow::ensure!(
+                axum::http::HeaderValue::from_str(origin).is_ok()
+                    && (origin.starts_with("http://") || origin.starts_with("https://")),
+                "CORS origin `{origin}` is not an origin like https://app.example.com"
+            );
+        }
         let key_digest = match &config.api_key {
             Some(k) if k.is_empty() => anyhow::bail!("the API key must not be empty"),
             Some(k) => Some(Sha256::digest(k.as_bytes()).into()),

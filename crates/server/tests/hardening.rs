@@ -431,3 +431,110 @@ async fn work_of_a_client_that_left_is_cancelled_between_windows() {
     // The worker is free again.
     assert_eq!(rerank(&s.base, "after").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_not_sent_in_time_gets_408() {
+    let s = start(ServerConfig {
+        body_read_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let addr = s.addr;
+    let response = tokio::task::spawn_blocking(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(
+            b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"query\"",
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    })
+    .await
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("body_timeout"), "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_concurrency_cap_get_429_with_retry_after() {
+    let (s, _) = start_counting(ServerConfig {
+        max_concurrent_requests: 1,
+        ..config()
+    })
+    .await;
+    let send = |base: String| async move {
+        let r = client()
+            .post(format!("{base}/rerank/batch"))
+            .json(&batch_body(3))
+            .send()
+            .await
+            .unwrap();
+        let retry = r.headers().contains_key("retry-after");
+        (r.status().as_u16(), retry)
+    };
+    let (a, b, c) = tokio::join!(
+        send(s.base.clone()),
+        send(s.base.clone()),
+        send(s.base.clone())
+    );
+    let all = [a, b, c];
+    assert!(all.iter().any(|r| r.0 == 200), "{all:?}");
+    assert!(all.iter().any(|r| *r == (429, true)), "{all:?}");
+}
+
+#[tokio::test]
+async fn cors_headers_only_for_allowed_origins() {
+    let s = start(ServerConfig {
+        cors_allow_origins: vec!["https://app.example.com".into()],
+        ..config()
+    })
+    .await;
+    let get = |origin: &'static str| {
+        let base = s.base.clone();
+        async move {
+            client()
+                .get(format!("{base}/health"))
+                .header("origin", origin)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let allowed = get("https://app.example.com").await;
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let other = get("https://evil.example.com").await;
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/rerank", s.base))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert!(preflight.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    // Off by default.
+    let plain = start(config()).await;
+    let r = client()
+        .get(format!("{}/health", plain.base))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    // A malformed origin is refused at start.
+    let bad = ServerConfig {
+        cors_allow_origins: vec!["app.example.com".into()],
+        ..config()
+    };
+    assert!(Server::new(bad, Box::new(Unruly), None).is_err());
+}
