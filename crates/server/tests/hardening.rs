@@ -481,7 +481,7 @@ async fn requests_over_the_concurrency_cap_get_429_with_retry_after() {
     );
     let all = [a, b, c];
     assert!(all.iter().any(|r| r.0 == 200), "{all:?}");
-    assert!(all.iter().any(|r| *r == (429, true)), "{all:?}");
+    assert!(all.contains(&(429, true)), "{all:?}");
 }
 
 #[tokio::test]
