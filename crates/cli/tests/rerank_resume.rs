@@ -1,7 +1,8 @@
 //! `firstrank rerank --resume` after a crash: a run aborted after any query
 //! (failure injection: `FIRSTRANK_FAULT=rerank:<n>` aborts the process there,
-//! as a kill -9 would) and resumed gives a TREC run and a JSONL byte-identical
-//! to an uninterrupted run; a resume with other settings is refused, naming
+//! as a kill -9 would) or killed with a real SIGKILL at moments spread over
+//! the run (4,000 queries), and resumed, gives a TREC run and a JSONL
+//! byte-identical to an uninterrupted run; a resume with other settings is refused, naming
 //! them (the lock against a second writer is tested in core's formats tests).
 //! Uses the model-free `reverse` diagnostic scorer.
 
@@ -14,8 +15,13 @@ use support::{p, stderr};
 
 /// Twelve queries of five to nine candidates each, in request JSONL.
 fn input(dir: &Path) -> std::path::PathBuf {
+    input_of(dir, 12)
+}
+
+/// `n` queries of five to nine candidates each, in request JSONL.
+fn input_of(dir: &Path, n: usize) -> std::path::PathBuf {
     let mut text = String::new();
-    for q in 0..12 {
+    for q in 0..n {
         let cands: Vec<String> = (0..5 + q % 5)
             .map(|c| {
                 format!(
@@ -135,4 +141,65 @@ fn a_resume_with_other_settings_is_refused() {
     // Starting over without --resume works.
     let o = rerank(dir, &input, "run", &[], None);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_rerank_killed_with_sigkill_at_random_moments_resumes_to_the_same_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = input_of(dir, 4000);
+    let started = std::time::Instant::now();
+    let o = rerank(dir, &input, "ref", &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let whole = started.elapsed();
+    let want_trec = std::fs::read(dir.join("ref.trec")).unwrap();
+    let want_jsonl = std::fs::read(dir.join("ref.jsonl")).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("firstrank");
+    let mut killed_mid_run = 0;
+    // Kill points spread over the run (fixed fractions: reproducible).
+    for (i, fraction) in [0.15f64, 0.4, 0.7].into_iter().enumerate() {
+        let name = format!("kill{i}");
+        let (trec, jsonl) = (
+            dir.join(format!("{name}.trec")),
+            dir.join(format!("{name}.jsonl")),
+        );
+        let mut resume = false;
+        for attempt in 0..2 {
+            let mut cmd = std::process::Command::new(&bin);
+            cmd.args(["rerank", "-q", "--input", p(&input), "--output", p(&trec)])
+                .args([
+                    "--output-jsonl",
+                    p(&jsonl),
+                    "--diagnostic-scorer",
+                    "reverse",
+                ])
+                .args(["--window", "3", "--stride", "2"]);
+            if resume {
+                cmd.arg("--resume");
+            }
+            let mut child = cmd.spawn().unwrap();
+            std::thread::sleep(whole.mul_f64(fraction / (attempt + 1) as f64));
+            if child.try_wait().unwrap().is_none() {
+                killed_mid_run += 1;
+            }
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+            resume = true;
+        }
+        let o = rerank(dir, &input, &name, &["--resume"], None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            std::fs::read(&trec).unwrap() == want_trec,
+            "TREC run after kills at {fraction}"
+        );
+        assert!(
+            std::fs::read(&jsonl).unwrap() == want_jsonl,
+            "JSONL after kills at {fraction}"
+        );
+    }
+    assert!(
+        killed_mid_run >= 3,
+        "only {killed_mid_run} of 6 kills hit a running process (the run took {whole:?})"
+    );
 }
