@@ -18,11 +18,12 @@ use firstrank_core::significance::{paired_t_test, randomization_test};
     firstrank eval --qrels qrels.txt --metric nDCG@10 --metric R@100 --per-query run.trec\n  \
     firstrank eval --qrels qrels.txt --compare bm25.trec reranked.trec")]
 pub struct EvalArgs {
-    /// Judgments, `qid iter docid grade` per line.
-    #[arg(long, value_name = "FILE")]
+    /// Judgments, `qid iter docid grade` per line, or a dataset name (`dl19`).
+    #[arg(long, value_name = "FILE|DATASET")]
     pub qrels: PathBuf,
     /// Runs to score: TREC runs (`qid Q0 docid rank score tag`), or candidate
-    /// files (retrieve_results JSON, request JSONL) scored by their first-stage scores.
+    /// files (retrieve_results JSON, request JSONL) scored by their
+    /// first-stage scores; a dataset name stands for its BM25 candidates.
     #[arg(value_name = "RUN", required_unless_present = "compare")]
     pub runs: Vec<PathBuf>,
     /// Compare two runs per query: means, difference, paired t-test and
@@ -114,7 +115,16 @@ fn evaluate_file(path: &Path, qrels: &Qrels, cfg: &EvalConfig) -> Result<Evaluat
     Ok(eval)
 }
 
-pub fn run(args: EvalArgs, _quiet: bool) -> Result<()> {
+pub fn run(mut args: EvalArgs, quiet: bool) -> Result<()> {
+    // Dataset names (`--qrels dl19`, a run `dl19`: its BM25 candidates).
+    args.qrels = crate::data::qrels(&args.qrels, quiet)?;
+    for run in args
+        .runs
+        .iter_mut()
+        .chain(args.compare.iter_mut().flatten())
+    {
+        *run = crate::data::candidates(run, "bm25", quiet)?;
+    }
     let qrels = Qrels::load(&args.qrels)?;
     let cfg = config(&args);
     if let Some(pair) = &args.compare {

@@ -3,6 +3,7 @@
 //! firstrank-core (formats, windows, metrics) and firstrank-models.
 
 mod bench;
+mod data;
 mod diagnostic;
 mod eval;
 mod model_args;
@@ -60,6 +61,9 @@ enum Command {
     /// List, fetch and verify the default models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// List, fetch and locate the datasets known by name (dl19, dl20, ...).
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 fn init_logging(quiet: bool, verbose: u8) {
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         },
         Command::Eval(args) => eval::run(args, cli.quiet),
         Command::Models(cmd) => models::run(cmd),
+        Command::Data(cmd) => data::run(cmd, cli.quiet),
         Command::Label(args) => train::label(args, cli.quiet),
         Command::Train(args) => train::run(*args, cli.quiet),
         Command::Merge(args) => train::merge(args, cli.quiet),

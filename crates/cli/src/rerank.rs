@@ -61,9 +61,19 @@ pub struct RerankArgs {
     pub json: bool,
 
     /// Candidates: rank_llm retrieve_results JSON, rank_llm request JSONL, or a
-    /// TREC run (then also --topics and --corpus). The format is detected.
-    #[arg(long, short, value_name = "FILE", required_unless_present = "query")]
+    /// TREC run (then also --topics and --corpus). The format is detected. A
+    /// dataset name (`dl19`, `dl20`, ...; `firstrank data list`) stands for its
+    /// first-stage candidates, fetched on first use.
+    #[arg(
+        long,
+        short,
+        value_name = "FILE|DATASET",
+        required_unless_present = "query"
+    )]
     pub input: Option<PathBuf>,
+    /// With a dataset name as --input: which first stage's candidates.
+    #[arg(long, default_value = "bm25", value_name = "bm25|splade")]
+    pub first_stage: String,
     /// Topics for a TREC-run input: `qid<TAB>query` per line.
     #[arg(long, value_name = "FILE", requires = "corpus")]
     pub topics: Option<PathBuf>,
@@ -127,8 +137,8 @@ pub struct RerankArgs {
     /// Model-free scorer for testing the pipeline (not a reranker).
     #[arg(long, value_enum, hide_short_help = true, conflicts_with = "model")]
     pub diagnostic_scorer: Option<DiagnosticScorer>,
-    /// Qrels for the oracle scorer and for --eval.
-    #[arg(long, value_name = "FILE")]
+    /// Qrels for the oracle scorer and for --eval (a file, or a dataset name).
+    #[arg(long, value_name = "FILE|DATASET")]
     pub qrels: Option<PathBuf>,
     /// After writing the TREC run, print its metrics against --qrels.
     #[arg(long, requires = "qrels", requires = "output")]
@@ -268,7 +278,15 @@ fn run_fingerprint(args: &RerankArgs) -> serde_json::Value {
     })
 }
 
-pub fn run(args: RerankArgs, quiet: bool) -> Result<()> {
+pub fn run(mut args: RerankArgs, quiet: bool) -> Result<()> {
+    if let Some(input) = &args.input {
+        if args.topics.is_none() {
+            args.input = Some(crate::data::candidates(input, &args.first_stage, quiet)?);
+        }
+    }
+    if let Some(q) = &args.qrels {
+        args.qrels = Some(crate::data::qrels(q, quiet)?);
+    }
     let strategy = args.strategy()?;
     let spec = args.input_spec()?;
     // Open the input first: a bad file fails before any output is touched.

@@ -41,8 +41,9 @@ pub enum Teacher {
 #[command(after_help = "Example:\n  \
     firstrank label --input ../shared/data/dl22-unlabeled/bm25-top100.json --teacher dense --output lists.jsonl")]
 pub struct LabelArgs {
-    /// Candidates (rank_llm JSON or request JSONL).
-    #[arg(long, short, value_name = "FILE")]
+    /// Candidates (rank_llm JSON or request JSONL), or a dataset name (its
+    /// BM25 candidates; `dl22` is the training pool).
+    #[arg(long, short, value_name = "FILE|DATASET")]
     pub input: PathBuf,
     /// Where the labels come from.
     #[arg(long, value_enum)]
@@ -102,7 +103,11 @@ pub struct LabelArgs {
 /// k of the reciprocal-rank fusion behind `--first-stage-weight` (Cormack et al.'s 60).
 const LABEL_FUSION_K: f64 = 60.0;
 
-pub fn label(args: LabelArgs, quiet: bool) -> Result<()> {
+pub fn label(mut args: LabelArgs, quiet: bool) -> Result<()> {
+    args.input = crate::data::candidates(&args.input, "bm25", quiet)?;
+    if let Some(q) = &args.qrels {
+        args.qrels = Some(crate::data::qrels(q, quiet)?);
+    }
     if args.window < 2 {
         bail!("--window must be at least 2");
     }
