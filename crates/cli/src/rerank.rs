@@ -47,7 +47,7 @@ pub struct RerankArgs {
     #[arg(
         long,
         value_name = "TEXT",
-        conflicts_with_all = ["input", "output", "output_jsonl", "resume", "qrels", "eval", "diagnostic_scorer", "shuffle_input", "limit"]
+        conflicts_with_all = ["input", "output", "output_jsonl", "resume", "qrels", "eval", "diagnostic_scorer", "shuffle_input", "limit", "shard"]
     )]
     pub query: Option<String>,
     /// A document to rank for --query (repeat for each document).
@@ -122,6 +122,12 @@ pub struct RerankArgs {
     /// Stop after this many queries.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Rerank only shard I of N (0-based, e.g. a Kubernetes Indexed Job's
+    /// `$JOB_COMPLETION_INDEX/N`): the I-th of N contiguous slices of the
+    /// input's queries, so the shards' outputs concatenated in order are the
+    /// single-process output.
+    #[arg(long, value_name = "I/N", conflicts_with = "limit")]
+    pub shard: Option<String>,
     /// Control run: shuffle each query's candidates in the reranked span
     /// [rank-start, top-k) with this seed before reranking. A model that
     /// carries relevance signal keeps its nDCG; one that only follows the
@@ -232,6 +238,21 @@ fn count_queries_in_background(spec: InputSpec, bar: indicatif::ProgressBar, lim
     });
 }
 
+/// The queries of shard `I/N` among `total`: the I-th of N contiguous,
+/// near-equal slices.
+fn shard_range(spec: &str, total: usize) -> Result<std::ops::Range<usize>> {
+    let parsed = spec.split_once('/').and_then(|(i, n)| {
+        Some((
+            i.trim().parse::<usize>().ok()?,
+            n.trim().parse::<usize>().ok()?,
+        ))
+    });
+    let Some((i, n)) = parsed.filter(|&(i, n)| n > 0 && i < n) else {
+        bail!("--shard {spec}: expected I/N with 0 <= I < N (e.g. 0/4)");
+    };
+    Ok(i * total / n..(i + 1) * total / n)
+}
+
 /// Failure injection for the kill-and-resume tests:
 /// `FIRSTRANK_FAULT=rerank:<n>` aborts the process (as a kill would: no
 /// destructors, no cleanup) right after the `n`-th query is written.
@@ -270,6 +291,7 @@ fn run_fingerprint(args: &RerankArgs) -> serde_json::Value {
         "rank_start": args.rank_start,
         "passes": args.passes,
         "shuffle_input": args.shuffle_input,
+        "shard": args.shard,
         "input": file(&args.input),
         "topics": file(&args.topics),
         "corpus": file(&args.corpus),
@@ -328,12 +350,22 @@ pub fn run(mut args: RerankArgs, quiet: bool) -> Result<()> {
             Ok(n_windows)
         };
 
+    let shard = match &args.shard {
+        Some(spec) => Some(shard_range(
+            spec,
+            open_requests(&args.input_spec()?)?.count(),
+        )?),
+        None => None,
+    };
     let result: Result<()> = (|| {
         for (i, request) in requests.enumerate() {
-            if args.limit.is_some_and(|l| i >= l) {
+            if args.limit.is_some_and(|l| i >= l) || shard.as_ref().is_some_and(|r| i >= r.end) {
                 break;
             }
             let request = request?;
+            if shard.as_ref().is_some_and(|r| i < r.start) {
+                continue;
+            }
             if !seen.insert(request.query.qid.clone()) {
                 bail!(
                     "{}: query {} appears twice in the input; merge its candidates or remove one",

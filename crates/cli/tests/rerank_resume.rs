@@ -203,3 +203,42 @@ fn a_rerank_killed_with_sigkill_at_random_moments_resumes_to_the_same_outputs() 
         "only {killed_mid_run} of 6 kills hit a running process (the run took {whole:?})"
     );
 }
+
+#[test]
+fn shards_concatenated_in_order_are_the_single_process_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let input = input_of(dir, 13);
+    let o = rerank(dir, &input, "whole", &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for n in [1usize, 3, 5] {
+        // N processes at once, as an Indexed Job runs them.
+        let children: Vec<_> = (0..n)
+            .map(|i| {
+                let name = format!("s{n}-{i}");
+                let shard = format!("{i}/{n}");
+                let (dir, input) = (dir.to_path_buf(), input.clone());
+                std::thread::spawn(move || rerank(&dir, &input, &name, &["--shard", &shard], None))
+            })
+            .collect();
+        for c in children {
+            let o = c.join().unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
+        for ext in ["trec", "jsonl"] {
+            let merged: Vec<u8> = (0..n)
+                .flat_map(|i| std::fs::read(dir.join(format!("s{n}-{i}.{ext}"))).unwrap())
+                .collect();
+            assert!(
+                merged == std::fs::read(dir.join(format!("whole.{ext}"))).unwrap(),
+                "{n} shards, {ext}"
+            );
+        }
+    }
+    let o = rerank(dir, &input, "bad", &["--shard", "3/3"], None);
+    assert!(
+        !o.status.success() && stderr(&o).contains("0 <= I < N"),
+        "{}",
+        stderr(&o)
+    );
+}
