@@ -201,8 +201,12 @@ fn firstrank_args(words: &[String]) -> Option<Vec<String>> {
     }
     for (i, w) in words.iter().enumerate() {
         let is_binary = *w == "firstrank" || w.ends_with("/firstrank");
-        let is_package_value =
-            i > 0 && matches!(words[i - 1].as_str(), "-p" | "--package" | "--bin");
+        // `-p firstrank` names a package; `docker build -t firstrank` a tag.
+        let is_package_value = i > 0
+            && matches!(
+                words[i - 1].as_str(),
+                "-p" | "--package" | "--bin" | "-t" | "--tag"
+            );
         if is_binary && !is_package_value {
             return Some(words[i + 1..].iter().map(|w| w.to_string()).collect());
         }
