@@ -107,3 +107,38 @@ fn quick_mode_refuses_what_it_cannot_do_before_loading_a_model() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--input"), "{}", stderr(&o));
 }
+
+/// A cross-encoder directory (config.json `BertForSequenceClassification`)
+/// is picked up by `--model` with no other flag: the tiny random checkpoint
+/// of crates/models/tests/data ranks as transformers scores it.
+#[test]
+fn a_cross_encoder_directory_reranks() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/data/tiny-cross-encoder");
+    let expected: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+            .unwrap();
+    let o = firstrank(&[
+        "rerank",
+        "-q",
+        "--model",
+        dir.to_str().unwrap(),
+        "--query",
+        "how long do fleas live",
+        "--doc",
+        expected[0]["document"].as_str().unwrap(),
+        "--doc",
+        expected[1]["document"].as_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    let (s0, s1) = (
+        expected[0]["score"].as_f64().unwrap(),
+        expected[1]["score"].as_f64().unwrap(),
+    );
+    let best = if s0 >= s1 { 0 } else { 1 };
+    assert_eq!(got[0]["index"], best, "{got:?}");
+    let want = s0.max(s1);
+    assert!((got[0]["score"].as_f64().unwrap() - want).abs() < 1e-4, "{got:?}");
+}

@@ -6,9 +6,7 @@
 //! attention mask and L2 normalisation (`x / max(‖x‖₂, 1e-12)`, PyTorch's
 //! `F.normalize`, which the model's `Normalize` module calls).
 //!
-//! The encoder is hand-written on candle-nn (about 150 lines) rather than taken
-//! from candle-transformers: that crate is ~83k lines of other models, which
-//! would triple the models crate's build time for one BERT.
+//! The encoder is [`crate::bert`]'s (shared with the cross-encoders).
 //!
 //! Batches are padded to their longest sequence; padded keys get a large
 //! negative attention bias (as in Hugging Face's BERT), so they receive zero
@@ -20,44 +18,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
+
+use crate::bert::{Bert, BertConfig};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
-
-/// The part of a BERT `config.json` the encoder needs.
-#[derive(Debug, Clone, Deserialize)]
-pub struct BertConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub intermediate_size: usize,
-    pub max_position_embeddings: usize,
-    #[serde(default = "default_type_vocab")]
-    pub type_vocab_size: usize,
-    #[serde(default = "default_eps")]
-    pub layer_norm_eps: f64,
-    #[serde(default = "default_act")]
-    pub hidden_act: String,
-    #[serde(default = "default_pos")]
-    pub position_embedding_type: String,
-    #[serde(default)]
-    pub model_type: Option<String>,
-}
-
-fn default_type_vocab() -> usize {
-    2
-}
-fn default_eps() -> f64 {
-    1e-12
-}
-fn default_act() -> String {
-    "gelu".into()
-}
-fn default_pos() -> String {
-    "absolute".into()
-}
 
 #[derive(Debug, Deserialize)]
 struct SentenceBertConfig {
@@ -79,134 +45,6 @@ struct PoolingConfig {
 
 /// How to split inputs into forward passes.
 const DEFAULT_BATCH_SIZE: usize = 32;
-
-struct SelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    out: Linear,
-    out_norm: LayerNorm,
-    heads: usize,
-    head_dim: usize,
-}
-
-impl SelfAttention {
-    fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
-        let h = c.hidden_size;
-        Ok(Self {
-            query: linear(h, h, vb.pp("self.query"))?,
-            key: linear(h, h, vb.pp("self.key"))?,
-            value: linear(h, h, vb.pp("self.value"))?,
-            out: linear(h, h, vb.pp("output.dense"))?,
-            out_norm: layer_norm(h, c.layer_norm_eps, vb.pp("output.LayerNorm"))?,
-            heads: c.num_attention_heads,
-            head_dim: h / c.num_attention_heads,
-        })
-    }
-
-    /// `x`: (batch, seq, hidden); `bias`: (batch, 1, 1, seq), 0 or very negative.
-    fn forward(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let (b, s, h) = x.dims3()?;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, s, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split(self.query.forward(x)?)?;
-        let k = split(self.key.forward(x)?)?;
-        let v = split(self.value.forward(x)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
-        let y = self.out.forward(&ctx)?;
-        Ok(self.out_norm.forward(&(y + x)?)?)
-    }
-}
-
-struct Layer {
-    attention: SelfAttention,
-    intermediate: Linear,
-    output: Linear,
-    output_norm: LayerNorm,
-}
-
-impl Layer {
-    fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
-        Ok(Self {
-            attention: SelfAttention::load(vb.pp("attention"), c)?,
-            intermediate: linear(
-                c.hidden_size,
-                c.intermediate_size,
-                vb.pp("intermediate.dense"),
-            )?,
-            output: linear(c.intermediate_size, c.hidden_size, vb.pp("output.dense"))?,
-            output_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("output.LayerNorm"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let a = self.attention.forward(x, bias)?;
-        // BERT's "gelu" is the exact erf form.
-        let i = self.intermediate.forward(&a)?.gelu_erf()?;
-        let o = self.output.forward(&i)?;
-        Ok(self.output_norm.forward(&(o + a)?)?)
-    }
-}
-
-/// A BERT encoder returning the last hidden states.
-struct Bert {
-    word: Embedding,
-    position: Embedding,
-    token_type: Embedding,
-    norm: LayerNorm,
-    layers: Vec<Layer>,
-}
-
-impl Bert {
-    fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
-        let e = vb.pp("embeddings");
-        let layers = (0..c.num_hidden_layers)
-            .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), c))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            word: embedding(c.vocab_size, c.hidden_size, e.pp("word_embeddings"))?,
-            position: embedding(
-                c.max_position_embeddings,
-                c.hidden_size,
-                e.pp("position_embeddings"),
-            )?,
-            token_type: embedding(
-                c.type_vocab_size,
-                c.hidden_size,
-                e.pp("token_type_embeddings"),
-            )?,
-            norm: layer_norm(c.hidden_size, c.layer_norm_eps, e.pp("LayerNorm"))?,
-            layers,
-        })
-    }
-
-    /// `ids`, `mask`: (batch, seq) u32; returns (batch, seq, hidden).
-    fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (b, s) = ids.dims2()?;
-        let dev = ids.device();
-        let positions = Tensor::arange(0u32, s as u32, dev)?;
-        let types = Tensor::zeros((b, s), DType::U32, dev)?;
-        let x = self
-            .word
-            .forward(ids)?
-            .broadcast_add(&self.position.forward(&positions)?)?
-            .add(&self.token_type.forward(&types)?)?;
-        let mut x = self.norm.forward(&x)?;
-        // 0 where attended, f32::MIN where padded (Hugging Face's choice).
-        let bias =
-            ((mask.to_dtype(DType::F32)? - 1.0)? * (-(f32::MIN as f64)))?.reshape((b, 1, 1, s))?;
-        for layer in &self.layers {
-            x = layer.forward(&x, &bias)?;
-        }
-        Ok(x)
-    }
-}
 
 /// A sentence-transformers bi-encoder: text in, unit-norm embedding out.
 pub struct SentenceEncoder {
@@ -243,30 +81,7 @@ impl SentenceEncoder {
     /// position table) and `1_Pooling/config.json` (must ask for mean pooling).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let config: BertConfig = read_json(&dir.join("config.json"))?;
-        if let Some(t) = &config.model_type {
-            ensure!(
-                t == "bert",
-                "{}: model_type `{t}` is not supported; the sentence encoder supports `bert`",
-                dir.join("config.json").display()
-            );
-        }
-        ensure!(
-            config.hidden_act == "gelu" && config.position_embedding_type == "absolute",
-            "{}: unsupported hidden_act `{}` / position_embedding_type `{}` (expected gelu / absolute)",
-            dir.join("config.json").display(),
-            config.hidden_act,
-            config.position_embedding_type
-        );
-        ensure!(
-            config.num_attention_heads > 0
-                && config
-                    .hidden_size
-                    .is_multiple_of(config.num_attention_heads),
-            "{}: hidden_size {} is not a multiple of num_attention_heads {}",
-            dir.join("config.json").display(),
-            config.hidden_size,
-            config.num_attention_heads
-        );
+        config.validate(&dir.join("config.json"))?;
         let pooling_path = dir.join("1_Pooling/config.json");
         if pooling_path.exists() {
             let p: PoolingConfig = read_json(&pooling_path)?;

@@ -7,9 +7,11 @@
 //! crate, which inference never depends on.
 
 pub mod adapter;
+pub mod bert;
 pub mod bundled;
 pub mod chat;
 pub mod cpu_alloc;
+pub mod cross_encoder;
 pub mod digest;
 pub mod embed;
 pub mod fetch;

@@ -1,0 +1,124 @@
+//! The cross-encoder against transformers on a tiny random
+//! BertForSequenceClassification (scripts/make-tiny-cross-encoder.py): each
+//! pair's logit and sigmoid score within 1e-4, alone and padded in one batch
+//! (the truncated pair included), ranking through the WindowScorer seam, and
+//! the checkpoints it refuses.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use firstrank_core::window::WindowScorer;
+use firstrank_core::{Candidate, Query};
+use firstrank_models::cross_encoder::{is_cross_encoder_dir, CrossEncoder, CrossEncoderScorer};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-cross-encoder")
+}
+
+fn expected() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(fixture().join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn scores_match_transformers_alone_and_batched() {
+    let mut model = CrossEncoder::load(&fixture(), &Device::Cpu).unwrap();
+    assert!(is_cross_encoder_dir(&fixture()));
+    let cases = expected();
+    assert!(
+        cases.iter().any(|c| c["tokens"] == 48),
+        "one pair reaches the truncation"
+    );
+    for raw in [false, true] {
+        model.raw_scores = raw;
+        let key = if raw { "logit" } else { "score" };
+        for c in &cases {
+            let q = c["query"].as_str().unwrap();
+            let d = c["document"].as_str().unwrap();
+            let got = model.score(q, &[d]).unwrap()[0];
+            let want = c[key].as_f64().unwrap() as f32;
+            assert!(
+                (got - want).abs() < 1e-4,
+                "{key} of ({q:?}, {d:?}): {got} vs {want}"
+            );
+        }
+        // The pairs of one query, padded into one forward pass.
+        for q in ["how long do fleas live", "capital of france"] {
+            let mine: Vec<&serde_json::Value> = cases.iter().filter(|c| c["query"] == q).collect();
+            let docs: Vec<&str> = mine
+                .iter()
+                .map(|c| c["document"].as_str().unwrap())
+                .collect();
+            let long = cases.last().unwrap()["document"].as_str().unwrap();
+            let mut with_long = docs.clone();
+            with_long.push(long);
+            let got = model.score(q, &with_long).unwrap();
+            for (g, c) in got.iter().zip(&mine) {
+                let want = c[key].as_f64().unwrap() as f32;
+                assert!((g - want).abs() < 1e-4, "batched {key}: {g} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_scorer_ranks_by_score() {
+    let model = CrossEncoder::load(&fixture(), &Device::Cpu).unwrap();
+    let cases = expected();
+    let query = Query {
+        qid: "q".into(),
+        text: "how long do fleas live".into(),
+    };
+    let window: Vec<Candidate> = cases
+        .iter()
+        .filter(|c| c["query"] == "how long do fleas live")
+        .enumerate()
+        .map(|(i, c)| Candidate {
+            docid: format!("d{i}"),
+            score: 0.0,
+            title: None,
+            text: c["document"].as_str().unwrap().to_string(),
+        })
+        .collect();
+    let mut scorer = CrossEncoderScorer { model };
+    let scores = scorer.score_window(&query, &window).unwrap();
+    assert_eq!(scores.len(), 2);
+    let want: Vec<f32> = cases[..2]
+        .iter()
+        .map(|c| c["score"].as_f64().unwrap() as f32)
+        .collect();
+    for (g, w) in scores.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn unsupported_checkpoints_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture().join(f), dir.path().join(f)).unwrap();
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap())
+            .unwrap();
+    let write = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = config.clone();
+        edit(&mut c);
+        std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
+    };
+    write(&|c| c["architectures"] = serde_json::json!(["XLMRobertaForSequenceClassification"]));
+    let e = CrossEncoder::load(dir.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("XLMRobertaForSequenceClassification") && e.contains("config.json"),
+        "{e}"
+    );
+    write(&|c| c["id2label"] = serde_json::json!({"0": "no", "1": "yes"}));
+    let e = CrossEncoder::load(dir.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 labels"), "{e}");
+    write(&|c| c["architectures"] = serde_json::json!(["BertModel"]));
+    assert!(!is_cross_encoder_dir(dir.path()));
+}
