@@ -144,7 +144,9 @@ impl LlmArgs {
         let dir = std::path::Path::new(model);
         if dir.is_dir() && firstrank_models::cross_encoder::is_cross_encoder_dir(dir) {
             let model = firstrank_models::cross_encoder::CrossEncoder::load(dir, &self.device()?)?;
-            return Ok(Box::new(firstrank_models::cross_encoder::CrossEncoderScorer { model }));
+            return Ok(Box::new(
+                firstrank_models::cross_encoder::CrossEncoderScorer { model },
+            ));
         }
         Ok(Box::new(self.load(model, max_window)?))
     }

@@ -116,8 +116,7 @@ fn a_cross_encoder_directory_reranks() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../models/tests/data/tiny-cross-encoder");
     let expected: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let o = firstrank(&[
         "rerank",
         "-q",
@@ -140,5 +139,8 @@ fn a_cross_encoder_directory_reranks() {
     let best = if s0 >= s1 { 0 } else { 1 };
     assert_eq!(got[0]["index"], best, "{got:?}");
     let want = s0.max(s1);
-    assert!((got[0]["score"].as_f64().unwrap() - want).abs() < 1e-4, "{got:?}");
+    assert!(
+        (got[0]["score"].as_f64().unwrap() - want).abs() < 1e-4,
+        "{got:?}"
+    );
 }
