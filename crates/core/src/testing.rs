@@ -17,3 +17,11 @@ pub fn skip_or_fail(why: &str) {
     }
     eprintln!("SKIP: {why}");
 }
+
+/// Cases per property test: `PROPTEST_CASES`, else 64 (a quick CI run).
+pub fn property_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}

@@ -16,12 +16,8 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
     ProptestConfig {
-        cases,
+        cases: firstrank_core::testing::property_cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     }
