@@ -14,7 +14,8 @@
 # (default: 10 of them) are labelled into held-out.jsonl instead. ORDER
 # (default shuffled) is how each window's passages are shown: `shuffled`
 # keeps a student from learning the first-stage position instead of
-# relevance; `first-stage` shows them as reranking does.
+# relevance; `first-stage` shows them as reranking does. WINDOW (default 20)
+# is the number of passages per list (5 for a curriculum's first stage).
 #
 # Outputs in OUT_DIR: synth.tsv + synth-qrels.txt (the queries and their
 # source passages), pool/ (BM25 index of the pool), synth-bm25.jsonl,
@@ -27,6 +28,7 @@ fr=${FIRSTRANK:-firstrank}
 cands=${DL22_CANDIDATES:-../shared/data/dl22-unlabeled/bm25-top100.json}
 tokens=${MAX_PASSAGE_TOKENS:-64}
 order=${ORDER:-shuffled}
+window=${WINDOW:-20}
 held_out_synth=100
 mkdir -p "$out"
 
@@ -51,9 +53,9 @@ json.dump(dl22[n_dl22:], open(f"{out}/dl22-train.json", "w"))
 json.dump(dl22[:n_dl22], open(f"{out}/dl22-held.json", "w"))
 PY
 
-# 4. Labels from the dense teacher (all-MiniLM-L6-v2 cosine), lists of 20
+# 4. Labels from the dense teacher (all-MiniLM-L6-v2 cosine), lists of $window
 #    shown in $order order, passages cut to $tokens tokens.
-label() { "$fr" label --teacher dense --order "$order" --max-passage-tokens "$tokens" "$@"; }
+label() { "$fr" label --teacher dense --order "$order" --window "$window" --max-passage-tokens "$tokens" "$@"; }
 label --input "$out/dl22-train.json" --lists-per-query 20 --seed 1 --output "$out/train-dl22.jsonl"
 label --input "$out/synth-train.jsonl" --lists-per-query "$per_synth" --seed 2 --output "$out/train-synth.jsonl"
 label --input "$out/dl22-held.json" --lists-per-query 2 --seed 3 --output "$out/held-dl22.jsonl"

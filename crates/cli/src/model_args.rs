@@ -20,7 +20,9 @@ pub struct ModelArg {
     /// first use), a GGUF file, a Hugging Face model directory, or a Hugging
     /// Face repo id (`org/name`, or a GGUF in a repo, `org/name/file.gguf`).
     /// Where a command reranks, `minilm` (or a sentence-transformers
-    /// directory) scores by bi-encoder cosine similarity.
+    /// directory) scores by bi-encoder cosine similarity, and a
+    /// sequence-classification directory (`BertForSequenceClassification`)
+    /// as a cross-encoder.
     #[arg(long, short, value_name = "MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
 }
@@ -77,6 +79,20 @@ pub struct LlmArgs {
     /// (`smollm2`); `none` runs the base model zero-shot.
     #[arg(long, value_name = "DIR|none")]
     pub adapter: Option<std::path::PathBuf>,
+    /// Cross-encoders: write the classifier's logit instead of its sigmoid
+    /// (the order is the same). The server takes `raw_scores` per request.
+    #[arg(long)]
+    pub raw_scores: bool,
+}
+
+/// An encoder model loaded as a scorer (a bi-encoder or a cross-encoder),
+/// with what the server needs to bound requests for it.
+pub struct EncoderScorer {
+    pub scorer: Box<dyn firstrank_core::window::WindowScorer + Send>,
+    pub counter: firstrank_models::bert::EncoderTokenCounter,
+    /// The longest input the model reads, in tokens.
+    pub max_tokens: usize,
+    pub name: String,
 }
 
 impl LlmArgs {
@@ -119,36 +135,62 @@ impl LlmArgs {
         })
     }
 
-    /// Loads `model` as a window scorer: `minilm` (or a sentence-transformers
-    /// directory) as a bi-encoder scoring by cosine similarity, anything else
-    /// as an LLM reranker ([`LlmArgs::load`]).
+    /// Loads `model` as a window scorer: an encoder ([`LlmArgs::load_encoder`])
+    /// or else an LLM reranker ([`LlmArgs::load`]).
     pub fn load_scorer(
         &self,
         model: &str,
         max_window: usize,
-    ) -> Result<Box<dyn firstrank_core::window::WindowScorer>> {
-        let sentence_transformers = std::path::Path::new(model)
-            .join("sentence_bert_config.json")
-            .is_file();
+    ) -> Result<Box<dyn firstrank_core::window::WindowScorer + Send>> {
+        if let Some(encoder) = self.load_encoder(model, self.raw_scores)? {
+            return Ok(encoder.scorer);
+        }
+        if self.raw_scores {
+            bail!(
+                "--raw-scores applies to cross-encoders; `{model}` is an LLM, whose FIRST scores are its identifier logits already"
+            );
+        }
+        Ok(Box::new(self.load(model, max_window)?))
+    }
+
+    /// `model` as an encoder scorer, or None when it is an LLM: `minilm` (or
+    /// a sentence-transformers directory) scores by bi-encoder cosine
+    /// similarity, a `*ForSequenceClassification` directory as a
+    /// cross-encoder (its logit with `raw_scores`, else the sigmoid).
+    pub fn load_encoder(&self, model: &str, raw_scores: bool) -> Result<Option<EncoderScorer>> {
+        let path = std::path::Path::new(model);
+        let sentence_transformers = path.join("sentence_bert_config.json").is_file();
         if model == "minilm" || sentence_transformers {
             let dir = if model == "minilm" {
                 firstrank_models::fetch::ensure_model("minilm")?
             } else {
-                std::path::PathBuf::from(model)
+                path.to_path_buf()
             };
+            if raw_scores {
+                bail!("--raw-scores applies to cross-encoders; `{model}` is a bi-encoder (its scores are cosines)");
+            }
             let encoder = firstrank_models::embed::SentenceEncoder::load(&dir, &self.device()?)?;
-            return Ok(Box::new(firstrank_models::embed::BiEncoderScorer {
-                encoder,
+            return Ok(Some(EncoderScorer {
+                counter: encoder.token_counter()?,
+                max_tokens: encoder.max_seq_length(),
+                name: model.to_string(),
+                scorer: Box::new(firstrank_models::embed::BiEncoderScorer { encoder }),
             }));
         }
-        let dir = std::path::Path::new(model);
-        if dir.is_dir() && firstrank_models::cross_encoder::is_cross_encoder_dir(dir) {
-            let model = firstrank_models::cross_encoder::CrossEncoder::load(dir, &self.device()?)?;
-            return Ok(Box::new(
-                firstrank_models::cross_encoder::CrossEncoderScorer { model },
-            ));
+        if path.is_dir() && firstrank_models::cross_encoder::is_cross_encoder_dir(path) {
+            let mut cross =
+                firstrank_models::cross_encoder::CrossEncoder::load(path, &self.device()?)?;
+            cross.raw_scores = raw_scores;
+            return Ok(Some(EncoderScorer {
+                counter: cross.token_counter()?,
+                max_tokens: cross.max_len(),
+                name: model.to_string(),
+                scorer: Box::new(firstrank_models::cross_encoder::CrossEncoderScorer {
+                    model: cross,
+                }),
+            }));
         }
-        Ok(Box::new(self.load(model, max_window)?))
+        Ok(None)
     }
 
     /// The adapter directory to apply to `model`: `--adapter DIR`, nothing

@@ -8,11 +8,11 @@
 //! Config (TOML; relative paths are relative to the config file):
 //! ```toml
 //! index = "index"            # built by `firstrank index` (with --dense for dense/hybrid/feedback)
-//! topics = "topics.tsv"      # qid<TAB>query, or any rerank input file (its queries are used)
+//! topics = "topics.tsv"      # qid<TAB>query, any rerank input file (its queries are used), or a dataset name (dl19)
 //! output_dir = "runs/x"      # one TREC run per ranking stage + summary.json
 //! limit = 10                 # optional: first N queries
 //! [eval]                     # optional
-//! qrels = "qrels.txt"
+//! qrels = "qrels.txt"        # or a dataset name (dl19)
 //! metrics = ["nDCG@10", "R@100", "MAP"]   # the default
 //! [[stages]]
 //! stage = "retrieve"         # method bm25|dense|hybrid, k (100; 1000 after feedback)
@@ -268,6 +268,19 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Like [`resolve`], but a value that names no file beside the config and
+/// is a dataset name (`topics = "dl19"`, `qrels = "dl19"`) stays the name,
+/// which `run` resolves through the dataset cache.
+fn resolve_data(base: &Path, p: &Path) -> PathBuf {
+    let beside = resolve(base, p);
+    let is_name = p.to_str().and_then(firstrank_data::dataset).is_some();
+    if is_name && !beside.exists() {
+        p.to_path_buf()
+    } else {
+        beside
+    }
+}
+
 /// Turns the rerank stage's extra keys into `--key value` arguments.
 fn model_argv(table: &toml::Table) -> Result<Vec<String>> {
     let mut argv = Vec::new();
@@ -461,7 +474,7 @@ fn load_config(path: &Path, args: &PipelineArgs) -> Result<Config> {
     let qrels = args
         .qrels
         .clone()
-        .or_else(|| raw.eval.qrels.as_ref().map(|q| resolve(base, q)));
+        .or_else(|| raw.eval.qrels.as_ref().map(|q| resolve_data(base, q)));
     let needs_qrels = stages.iter().any(|s| {
         matches!(
             s,
@@ -507,7 +520,7 @@ fn load_config(path: &Path, args: &PipelineArgs) -> Result<Config> {
         topics: args
             .topics
             .clone()
-            .unwrap_or_else(|| resolve(base, &raw.topics)),
+            .unwrap_or_else(|| resolve_data(base, &raw.topics)),
         output_dir: args
             .output_dir
             .clone()
@@ -608,12 +621,13 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 pub fn run(args: PipelineArgs, quiet: bool) -> Result<()> {
     let cfg = load_config(&args.config, &args)?;
-    // Everything a stage needs is checked before any work starts.
+    // Everything a stage needs is checked before any work starts. Topics
+    // and qrels may be dataset names (fetched into the cache if missing).
     let qrels = match &cfg.qrels {
-        Some(p) => Some(Qrels::load(p)?),
+        Some(p) => Some(Qrels::load(&crate::data::qrels(p, quiet)?)?),
         None => None,
     };
-    let mut queries = load_queries(&cfg.topics)?;
+    let mut queries = load_queries(&crate::data::candidates(&cfg.topics, "bm25", quiet)?)?;
     if let Some(n) = cfg.limit {
         queries.truncate(n);
     }

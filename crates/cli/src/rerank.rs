@@ -199,7 +199,7 @@ fn build_scorer(args: &RerankArgs) -> Result<Box<dyn WindowScorer>> {
                 StrategyKind::Sliding => args.window.min(args.top_k),
                 StrategyKind::Single => args.window,
             };
-            args.llm.load_scorer(model, max_window)
+            Ok(args.llm.load_scorer(model, max_window)?)
         }
     }
 }

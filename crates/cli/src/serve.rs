@@ -233,30 +233,55 @@ pub fn run(args: ServeArgs) -> Result<()> {
             None,
             "lexical-diagnostic".to_string(),
         ),
-        None => {
-            let model = &args.model.model;
-            let reranker = args
-                .llm
-                .load(model, args.window)
-                .with_context(|| format!("loading {model}"))?;
-            let mut reranker = reranker;
-            initial_seconds_per_window = Some(warm_up(&mut reranker, args.window)?);
-            let context = reranker
-                .config()
-                .context_size
-                .unwrap_or(reranker.model().config().context_length);
-            if max_query_tokens > context / 4 {
-                tracing::warn!(
+        None if args.llm.raw_scores => bail!(
+            "serve: --raw-scores is a request field here (`raw_scores`: true), not a server flag"
+        ),
+        None => match args
+            .llm
+            .load_encoder(&args.model.model, true)
+            .with_context(|| format!("loading {}", args.model.model))?
+        {
+            // Cross-encoders keep their logit as the raw score; the response's
+            // relevance is its sigmoid.
+            Some(mut encoder) => {
+                initial_seconds_per_window = Some(warm_up(&mut encoder.scorer, args.window)?);
+                if max_query_tokens > encoder.max_tokens / 2 {
+                    tracing::warn!(
+                        "--max-query-tokens {max_query_tokens} leaves no room for documents in the model's \
+                         {} tokens: capping queries at {}",
+                        encoder.max_tokens,
+                        encoder.max_tokens / 2
+                    );
+                    max_query_tokens = encoder.max_tokens / 2;
+                }
+                let counter: SharedTokenCounter = Arc::new(encoder.counter);
+                (encoder.scorer, Some(counter), encoder.name)
+            }
+            None => {
+                let model = &args.model.model;
+                let reranker = args
+                    .llm
+                    .load(model, args.window)
+                    .with_context(|| format!("loading {model}"))?;
+                let mut reranker = reranker;
+                initial_seconds_per_window = Some(warm_up(&mut reranker, args.window)?);
+                let context = reranker
+                    .config()
+                    .context_size
+                    .unwrap_or(reranker.model().config().context_length);
+                if max_query_tokens > context / 4 {
+                    tracing::warn!(
                         "--max-query-tokens {max_query_tokens} leaves no room for passages in the model's \
                          context of {context} tokens: capping queries at {}",
                         context / 4
                     );
-                max_query_tokens = context / 4;
+                    max_query_tokens = context / 4;
+                }
+                let counter: SharedTokenCounter = Arc::new(reranker.tokenizer().clone());
+                let name = reranker.name().to_string();
+                (Box::new(reranker), Some(counter), name)
             }
-            let counter: SharedTokenCounter = Arc::new(reranker.tokenizer().clone());
-            let name = reranker.name().to_string();
-            (Box::new(reranker), Some(counter), name)
-        }
+        },
     };
     let config = ServerConfig {
         model_name: args.served_model_name.clone().unwrap_or(name),

@@ -1,6 +1,8 @@
 //! Dataset names where commands take files: with `FIRSTRANK_DATA_DIR`
 //! pointing at the shared data, `rerank --input dl19 --qrels dl19 --eval` and
-//! `eval --qrels dl19 dl19` give the numbers the old paths give, and
+//! `eval --qrels dl19 dl19` give the numbers the old paths give, a pipeline
+//! config with `topics = "dl19"` and `qrels = "dl19"` the same run as with
+//! paths, and
 //! `firstrank data list|path` show where the files are. (The fetcher's
 //! download path is tested in crates/data against a local stand-in server.)
 
@@ -149,4 +151,39 @@ fn data_list_and_path_show_the_offline_folder() {
     let o = firstrank_with_data(&data, &["data", "path", "dl19"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), data.join("dl19").display().to_string());
+}
+
+#[test]
+fn pipeline_configs_take_dataset_names_for_topics_and_qrels() {
+    let Some(s) = shared() else { return };
+    let data = s.join("data");
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tmp.path().join("index");
+    let pool = data.join("dl19/bm25-top100.json");
+    let o = firstrank_with_data(
+        &data,
+        &["index", "-q", "--corpus", p(&pool), "--index", p(&index)],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stages = "[[stages]]\nstage = \"retrieve\"\nmethod = \"bm25\"\nk = 20\n\
+                  [[stages]]\nstage = \"rerank\"\ndiagnostic_scorer = \"oracle\"\nstrategy = \"single\"\nwindow = 20\n";
+    let run = |name: &str, topics: &str, qrels: &str| {
+        let config = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "index = {:?}\ntopics = {topics:?}\noutput_dir = {name:?}\nlimit = 5\n\
+                 [eval]\nqrels = {qrels:?}\nmetrics = [\"nDCG@10\"]\n{stages}",
+                p(&index)
+            ),
+        )
+        .unwrap();
+        let o = firstrank_with_data(&data, &["pipeline", "-q", "--config", p(&config)]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        std::fs::read(tmp.path().join(name).join("02-rerank-oracle.trec")).unwrap()
+    };
+    let by_name = run("names", "dl19", "dl19");
+    let by_path = run("paths", p(&pool), p(&data.join("dl19/qrels.txt")));
+    assert!(!by_name.is_empty());
+    assert_eq!(by_name, by_path, "names and paths gave different runs");
 }

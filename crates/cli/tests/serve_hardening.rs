@@ -6,31 +6,20 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{firstrank, stderr};
-
-/// Kills the server if a test fails half-way.
-struct Serving(Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{firstrank, request, spawn_serve, stderr, Serving};
 
 /// Starts `serve` under `ulimit -n 1024` on a free port; returns it and the
 /// address it logged.
 fn serve_with_1024_files(extra: &[&str]) -> (Serving, SocketAddr) {
-    let bin = assert_cmd::cargo::cargo_bin("firstrank");
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg("ulimit -n 1024 && exec \"$0\" \"$@\"")
-        .arg(bin)
+        .arg(assert_cmd::cargo::cargo_bin("firstrank"))
         .args([
             "serve",
             "--diagnostic-scorer",
@@ -42,39 +31,8 @@ fn serve_with_1024_files(extra: &[&str]) -> (Serving, SocketAddr) {
             "--shutdown-timeout",
             "5",
         ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    let addr = loop {
-        let Some(Ok(line)) = lines.next() else {
-            panic!("serve exited before listening:\n{log}");
-        };
-        log.push_str(&line);
-        log.push('\n');
-        if let Some(rest) = line.split("on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Serving(child), addr)
-}
-
-fn request(addr: SocketAddr, head: &str, body: &str) -> Option<String> {
-    let mut c = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let req = format!(
-        "{head} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    c.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    c.read_to_string(&mut out).ok()?;
-    Some(out)
+        .args(extra);
+    spawn_serve(cmd)
 }
 
 #[cfg(unix)]

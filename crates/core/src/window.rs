@@ -44,6 +44,26 @@ pub trait WindowScorer {
     fn stats_summary(&self) -> Option<String> {
         None
     }
+
+    /// What the scores mean beyond their order (the server's relevance
+    /// scores follow it); listwise scores only order one window.
+    fn score_scale(&self) -> ScoreScale {
+        ScoreScale::WithinWindow
+    }
+}
+
+/// What a scorer's numbers mean beyond ordering their window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreScale {
+    /// Only the order within one window counts (FIRST's identifier logits,
+    /// cosines): relevance scores are made from ranks.
+    WithinWindow,
+    /// A probability of relevance in [0, 1], comparable across documents and
+    /// queries (a cross-encoder's sigmoid, a pointwise yes-probability).
+    Probability,
+    /// A logit whose sigmoid is that probability (a cross-encoder's raw
+    /// classifier output).
+    Logit,
 }
 
 impl<S: WindowScorer + ?Sized> WindowScorer for &mut S {
@@ -56,6 +76,12 @@ impl<S: WindowScorer + ?Sized> WindowScorer for &mut S {
     ) -> anyhow::Result<Vec<Vec<f32>>> {
         (**self).score_windows(windows)
     }
+    fn stats_summary(&self) -> Option<String> {
+        (**self).stats_summary()
+    }
+    fn score_scale(&self) -> ScoreScale {
+        (**self).score_scale()
+    }
 }
 
 impl<S: WindowScorer + ?Sized> WindowScorer for Box<S> {
@@ -67,6 +93,12 @@ impl<S: WindowScorer + ?Sized> WindowScorer for Box<S> {
         windows: &[(&Query, &[Candidate])],
     ) -> anyhow::Result<Vec<Vec<f32>>> {
         (**self).score_windows(windows)
+    }
+    fn stats_summary(&self) -> Option<String> {
+        (**self).stats_summary()
+    }
+    fn score_scale(&self) -> ScoreScale {
+        (**self).score_scale()
     }
 }
 

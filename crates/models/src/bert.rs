@@ -35,6 +35,10 @@ pub struct BertConfig {
     pub position_embedding_type: String,
     #[serde(default)]
     pub model_type: Option<String>,
+    /// RoBERTa-family checkpoints (XLM-RoBERTa, RoBERTa) number positions
+    /// from `pad_token_id + 1`.
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
 }
 
 fn default_type_vocab() -> usize {
@@ -55,11 +59,18 @@ impl BertConfig {
     pub fn validate(&self, path: &Path) -> Result<()> {
         if let Some(t) = &self.model_type {
             ensure!(
-                t == "bert",
-                "{}: model_type `{t}` is not supported; the BERT encoder supports `bert`",
+                matches!(t.as_str(), "bert" | "roberta" | "xlm-roberta"),
+                "{}: model_type `{t}` is not supported; the BERT encoder supports `bert`, `roberta` and `xlm-roberta`",
                 path.display()
             );
         }
+        ensure!(
+            self.max_position_embeddings > self.first_position() as usize,
+            "{}: max_position_embeddings {} leaves no positions after the padding offset {}",
+            path.display(),
+            self.max_position_embeddings,
+            self.first_position()
+        );
         ensure!(
             self.hidden_act == "gelu" && self.position_embedding_type == "absolute",
             "{}: unsupported hidden_act `{}` / position_embedding_type `{}` (expected gelu / absolute)",
@@ -76,6 +87,27 @@ impl BertConfig {
             self.num_attention_heads
         );
         Ok(())
+    }
+
+    /// Whether this is a RoBERTa-family checkpoint (positions offset past
+    /// the padding id, no segment ids).
+    pub fn is_roberta(&self) -> bool {
+        matches!(self.model_type.as_deref(), Some("roberta" | "xlm-roberta"))
+    }
+
+    /// The position id of the first token: 0 for BERT, `pad_token_id + 1`
+    /// for RoBERTa (Hugging Face's `create_position_ids_from_input_ids`).
+    pub fn first_position(&self) -> u32 {
+        if self.is_roberta() {
+            self.pad_token_id.unwrap_or(1) + 1
+        } else {
+            0
+        }
+    }
+
+    /// The longest sequence the position table covers.
+    pub fn max_tokens(&self) -> usize {
+        self.max_position_embeddings - self.first_position() as usize
     }
 }
 
@@ -160,6 +192,10 @@ pub(crate) struct Bert {
     token_type: Embedding,
     norm: LayerNorm,
     layers: Vec<Layer>,
+    /// Position id of the first token ([`BertConfig::first_position`]).
+    first_position: u32,
+    /// Segment ids are read (BERT) or all 0 (a one-row type table, RoBERTa).
+    segments: bool,
 }
 
 impl Bert {
@@ -182,6 +218,8 @@ impl Bert {
             )?,
             norm: layer_norm(c.hidden_size, c.layer_norm_eps, e.pp("LayerNorm"))?,
             layers,
+            first_position: c.first_position(),
+            segments: c.type_vocab_size > 1,
         })
     }
 
@@ -201,12 +239,20 @@ impl Bert {
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let dev = ids.device();
-        let positions = Tensor::arange(0u32, s as u32, dev)?;
+        // Right padding: the real tokens of every row start at position 0.
+        // (Padded rows get positions past their end; they are masked keys
+        // and their own states are never read.)
+        let positions = Tensor::arange(self.first_position, self.first_position + s as u32, dev)?;
+        let types = if self.segments {
+            types.clone()
+        } else {
+            Tensor::zeros(ids.dims2()?, DType::U32, dev)?
+        };
         let x = self
             .word
             .forward(ids)?
             .broadcast_add(&self.position.forward(&positions)?)?
-            .add(&self.token_type.forward(types)?)?;
+            .add(&self.token_type.forward(&types)?)?;
         let mut x = self.norm.forward(&x)?;
         // 0 where attended, f32::MIN where padded (Hugging Face's choice).
         let bias =
@@ -215,5 +261,46 @@ impl Bert {
             x = layer.forward(&x, &bias)?;
         }
         Ok(x)
+    }
+}
+
+/// Token counts by an encoder's `tokenizer.json` (no special tokens, no
+/// truncation), for request limits and passage cuts outside the model.
+#[derive(Clone)]
+pub struct EncoderTokenCounter(tokenizers::Tokenizer);
+
+impl EncoderTokenCounter {
+    /// A counter over a copy of `tokenizer` with its truncation and padding off.
+    pub fn new(tokenizer: &tokenizers::Tokenizer) -> Result<Self> {
+        let mut t = tokenizer.clone();
+        t.with_truncation(None)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        t.with_padding(None);
+        Ok(Self(t))
+    }
+
+    fn encode(&self, text: &str) -> Result<tokenizers::Encoding> {
+        self.0
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))
+    }
+}
+
+impl firstrank_core::prompt::TokenCounter for EncoderTokenCounter {
+    fn count_tokens(&self, text: &str) -> Result<usize> {
+        Ok(self.encode(text)?.len())
+    }
+
+    fn truncate_to_tokens(&self, text: &str, max_tokens: usize) -> Result<String> {
+        let encoding = self.encode(text)?;
+        let offsets = encoding.get_offsets();
+        if offsets.len() <= max_tokens {
+            return Ok(text.to_string());
+        }
+        let end = match max_tokens {
+            0 => 0,
+            n => offsets[n - 1].1,
+        };
+        Ok(text.get(..end).unwrap_or(text).to_string())
     }
 }

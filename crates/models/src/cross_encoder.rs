@@ -1,15 +1,19 @@
-//! Cross-encoder rerankers: a BERT sequence-classification checkpoint (a
-//! Hugging Face directory with `config.json` whose `architectures` is
-//! `BertForSequenceClassification`, `model.safetensors` and `tokenizer.json`;
-//! e.g. cross-encoder/ms-marco-MiniLM-L-6-v2) reads each (query, document)
-//! pair as `[CLS] query [SEP] document [SEP]` with segment ids 0/1, and its
-//! classifier on the pooled `[CLS]` state (dense + tanh, then a linear layer)
-//! gives one logit per pair. The score is that logit's sigmoid for a
+//! Cross-encoder rerankers: a BERT or XLM-RoBERTa sequence-classification
+//! checkpoint (a Hugging Face directory with `config.json` whose
+//! `architectures` is `BertForSequenceClassification`, e.g.
+//! cross-encoder/ms-marco-MiniLM-L-6-v2, or
+//! `XLMRobertaForSequenceClassification`, e.g. BAAI/bge-reranker-v2-m3;
+//! `model.safetensors` and `tokenizer.json`) reads each (query, document)
+//! pair as its tokenizer pairs them (`[CLS] q [SEP] d [SEP]` with segment
+//! ids 0/1; `<s> q </s></s> d </s>` without), and its classifier on the
+//! first token's state (dense + tanh, then a linear layer) gives one logit
+//! per pair. The score is that logit's sigmoid for a
 //! single-label model, as TEI returns it ([`CrossEncoder::raw_scores`] keeps
 //! the logit); pairs are cut to the model's length, the document first
 //! (`longest_first` truncation, as sentence-transformers does).
 //!
-//! The encoder is [`crate::bert`]'s; XLM-RoBERTa and ModernBERT
+//! The encoder is [`crate::bert`]'s (RoBERTa's only differences there are
+//! positions counted from the padding id and no segment ids); ModernBERT
 //! classification checkpoints are not supported yet (refused by name).
 
 use std::collections::HashMap;
@@ -18,7 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
-use firstrank_core::window::WindowScorer;
+use firstrank_core::window::{ScoreScale, WindowScorer};
 use firstrank_core::{Candidate, Query};
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
@@ -49,6 +53,41 @@ pub fn is_cross_encoder_dir(dir: &Path) -> bool {
     })
 }
 
+/// The checkpoint families read here: the same encoder, named apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// `BertForSequenceClassification`: the pooler (dense + tanh on
+    /// `[CLS]`), then `classifier`.
+    Bert,
+    /// `XLMRobertaForSequenceClassification`,
+    /// `RobertaForSequenceClassification`: `classifier.dense` + tanh on
+    /// `<s>`, then `classifier.out_proj` (the same shape as BERT's head).
+    Roberta,
+}
+
+impl Family {
+    const SUPPORTED: &'static str = "BertForSequenceClassification, \
+        XLMRobertaForSequenceClassification, RobertaForSequenceClassification";
+
+    fn of(architecture: &str) -> Option<Self> {
+        match architecture {
+            "BertForSequenceClassification" => Some(Family::Bert),
+            "XLMRobertaForSequenceClassification" | "RobertaForSequenceClassification" => {
+                Some(Family::Roberta)
+            }
+            _ => None,
+        }
+    }
+
+    /// The encoder's prefix, the head's first (dense + tanh) and last layer.
+    fn weight_names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Family::Bert => ("bert", "bert.pooler.dense", "classifier"),
+            Family::Roberta => ("roberta", "classifier.dense", "classifier.out_proj"),
+        }
+    }
+}
+
 /// Texts per forward pass.
 const BATCH: usize = 16;
 
@@ -75,7 +114,7 @@ impl std::fmt::Debug for CrossEncoder {
 }
 
 impl CrossEncoder {
-    /// Loads a BERT sequence-classification directory.
+    /// Loads a BERT or (XLM-)RoBERTa sequence-classification directory.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path)
@@ -83,12 +122,13 @@ impl CrossEncoder {
         let arch: Architecture = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid JSON", config_path.display()))?;
         let name = arch.architectures.first().cloned().unwrap_or_default();
-        ensure!(
-            name == "BertForSequenceClassification",
-            "{}: architecture `{name}` is not a supported cross-encoder (supported: \
-             BertForSequenceClassification)",
-            config_path.display()
-        );
+        let Some(family) = Family::of(&name) else {
+            bail!(
+                "{}: architecture `{name}` is not a supported cross-encoder (supported: {})",
+                config_path.display(),
+                Family::SUPPORTED
+            );
+        };
         let labels = arch
             .num_labels
             .or_else(|| arch.id2label.as_ref().map(HashMap::len))
@@ -99,8 +139,14 @@ impl CrossEncoder {
             config_path.display()
         );
         let config: BertConfig = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a BERT config", config_path.display()))?;
+            .with_context(|| format!("{}: not a {name} config", config_path.display()))?;
         config.validate(&config_path)?;
+        ensure!(
+            config.is_roberta() == (family == Family::Roberta),
+            "{}: architecture `{name}` with model_type `{}`",
+            config_path.display(),
+            config.model_type.as_deref().unwrap_or("(none)")
+        );
 
         let weights_path = dir.join("model.safetensors");
         if !weights_path.exists() {
@@ -113,12 +159,13 @@ impl CrossEncoder {
             candle_core::safetensors::load(&weights_path, device)
                 .with_context(|| format!("reading {}", weights_path.display()))?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        let bert = Bert::load(vb.pp("bert"), &config)
-            .with_context(|| format!("{}: not a BERT checkpoint", weights_path.display()))?;
+        let (encoder, head_dense, head_out) = family.weight_names();
+        let bert = Bert::load(vb.pp(encoder), &config)
+            .with_context(|| format!("{}: not a {name} checkpoint", weights_path.display()))?;
         let h = config.hidden_size;
-        let pooler = linear(h, h, vb.pp("bert.pooler.dense"))
-            .with_context(|| format!("{}: no pooler", weights_path.display()))?;
-        let classifier = linear(h, 1, vb.pp("classifier"))
+        let pooler = linear(h, h, vb.pp(head_dense))
+            .with_context(|| format!("{}: no {head_dense}", weights_path.display()))?;
+        let classifier = linear(h, 1, vb.pp(head_out))
             .with_context(|| format!("{}: no classifier", weights_path.display()))?;
 
         let tok_path = dir.join("tokenizer.json");
@@ -127,7 +174,7 @@ impl CrossEncoder {
         let max_len = tokenizer
             .get_truncation()
             .map_or(512, |t| t.max_length)
-            .min(config.max_position_embeddings);
+            .min(config.max_tokens());
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: max_len,
@@ -147,6 +194,16 @@ impl CrossEncoder {
             dir: dir.to_path_buf(),
             raw_scores: false,
         })
+    }
+
+    /// The longest (query, document) pair in tokens, special tokens included.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Counts tokens as the model's tokenizer does.
+    pub fn token_counter(&self) -> Result<crate::bert::EncoderTokenCounter> {
+        crate::bert::EncoderTokenCounter::new(&self.tokenizer)
     }
 
     /// Scores of `texts` for `query`, in input order (sigmoid, or the logit
@@ -213,5 +270,13 @@ impl WindowScorer for CrossEncoderScorer {
         let texts: Vec<String> = window.iter().map(crate::embed::candidate_text).collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         self.model.score(&query.text, &refs)
+    }
+
+    fn score_scale(&self) -> ScoreScale {
+        if self.model.raw_scores {
+            ScoreScale::Logit
+        } else {
+            ScoreScale::Probability
+        }
     }
 }

@@ -101,7 +101,7 @@ impl SentenceEncoder {
         } else {
             512
         }
-        .min(config.max_position_embeddings);
+        .min(config.max_tokens());
 
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tok_path)
@@ -151,6 +151,11 @@ impl SentenceEncoder {
     }
 
     /// Token limit per text, special tokens included.
+    /// Counts tokens as the model's tokenizer does.
+    pub fn token_counter(&self) -> Result<crate::bert::EncoderTokenCounter> {
+        crate::bert::EncoderTokenCounter::new(&self.tokenizer)
+    }
+
     pub fn max_seq_length(&self) -> usize {
         self.max_seq_length
     }
@@ -203,9 +208,9 @@ impl SentenceEncoder {
         }
         let s = batch.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
         ensure!(
-            s <= self.config.max_position_embeddings,
+            s <= self.config.max_tokens(),
             "a sequence of {s} tokens exceeds the model's {} positions",
-            self.config.max_position_embeddings
+            self.config.max_tokens()
         );
         let b = batch.len();
         let mut ids = vec![0u32; b * s];

@@ -1,5 +1,6 @@
 //! The cross-encoder against transformers on a tiny random
-//! BertForSequenceClassification (scripts/make-tiny-cross-encoder.py): each
+//! BertForSequenceClassification and XLMRobertaForSequenceClassification
+//! (scripts/make-tiny-cross-encoder.py): each
 //! pair's logit and sigmoid score within 1e-4, alone and padded in one batch
 //! (the truncated pair included), ranking through the WindowScorer seam, and
 //! the checkpoints it refuses.
@@ -15,16 +16,32 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-cross-encoder")
 }
 
+/// The XLM-RoBERTa one (positions from pad_token_id + 1, no segment ids,
+/// RoBERTa's classification head).
+fn xlmr_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-xlmr-cross-encoder")
+}
+
 fn expected() -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(fixture().join("expected.json")).unwrap();
+    expected_of(&fixture())
+}
+
+fn expected_of(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("expected.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 #[test]
 fn scores_match_transformers_alone_and_batched() {
-    let mut model = CrossEncoder::load(&fixture(), &Device::Cpu).unwrap();
-    assert!(is_cross_encoder_dir(&fixture()));
-    let cases = expected();
+    for dir in [fixture(), xlmr_fixture()] {
+        scores_match(&dir);
+    }
+}
+
+fn scores_match(dir: &Path) {
+    let mut model = CrossEncoder::load(dir, &Device::Cpu).unwrap();
+    assert!(is_cross_encoder_dir(dir));
+    let cases = expected_of(dir);
     assert!(
         cases.iter().any(|c| c["tokens"] == 48),
         "one pair reaches the truncation"
@@ -39,7 +56,8 @@ fn scores_match_transformers_alone_and_batched() {
             let want = c[key].as_f64().unwrap() as f32;
             assert!(
                 (got - want).abs() < 1e-4,
-                "{key} of ({q:?}, {d:?}): {got} vs {want}"
+                "{}: {key} of ({q:?}, {d:?}): {got} vs {want}",
+                dir.display()
             );
         }
         // The pairs of one query, padded into one forward pass.
@@ -106,14 +124,20 @@ fn unsupported_checkpoints_are_refused_by_name() {
         edit(&mut c);
         std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
     };
-    write(&|c| c["architectures"] = serde_json::json!(["XLMRobertaForSequenceClassification"]));
+    write(&|c| c["architectures"] = serde_json::json!(["ModernBertForSequenceClassification"]));
     let e = CrossEncoder::load(dir.path(), &Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("XLMRobertaForSequenceClassification") && e.contains("config.json"),
+        e.contains("ModernBertForSequenceClassification") && e.contains("config.json"),
         "{e}"
     );
+    // An XLM-RoBERTa head over a BERT config: the two disagree.
+    write(&|c| c["architectures"] = serde_json::json!(["XLMRobertaForSequenceClassification"]));
+    let e = CrossEncoder::load(dir.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model_type `bert`"), "{e}");
     write(&|c| c["id2label"] = serde_json::json!({"0": "no", "1": "yes"}));
     let e = CrossEncoder::load(dir.path(), &Device::Cpu)
         .unwrap_err()

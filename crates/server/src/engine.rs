@@ -71,6 +71,9 @@ pub struct Engine {
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Cleared by the worker thread when it ends, however it ends.
     running: Arc<AtomicBool>,
+    /// Set when shutdown begins: new jobs are refused (503 `shutting_down`)
+    /// and `/health` says so, while admitted jobs are still scored.
+    draining: AtomicBool,
 }
 
 /// Clears the running flag when the worker thread ends (also by a panic).
@@ -123,6 +126,7 @@ impl Engine {
             secs_per_window,
             worker: Mutex::new(Some(handle)),
             running,
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -130,7 +134,9 @@ impl Engine {
     pub fn state(&self) -> WorkerState {
         if !self.running.load(Ordering::SeqCst) {
             WorkerState::Stopped
-        } else if self.tx.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+        } else if self.draining.load(Ordering::SeqCst)
+            || self.tx.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+        {
             WorkerState::ShuttingDown
         } else {
             WorkerState::Serving
@@ -186,7 +192,10 @@ impl Engine {
             reply,
         };
         let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(tx) = guard.as_ref() else {
+        let tx = guard
+            .as_ref()
+            .filter(|_| !self.draining.load(Ordering::SeqCst));
+        let Some(tx) = tx else {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
@@ -226,6 +235,12 @@ impl Engine {
 
     /// Stops accepting jobs; the worker finishes the queued ones and exits.
     /// Blocks until it has.
+    /// Refuses new jobs from now on (503 `shutting_down`, also on `/health`);
+    /// jobs already admitted are still scored.
+    pub fn begin_shutdown(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
     pub fn shutdown(&self) {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take() {

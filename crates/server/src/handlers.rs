@@ -11,7 +11,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use firstrank_core::window::RerankOutcome;
+use firstrank_core::window::{RerankOutcome, ScoreScale};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
@@ -32,6 +32,8 @@ pub(crate) struct AppState {
     pub(crate) engine: Engine,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) counter: Option<SharedTokenCounter>,
+    /// What the scorer's numbers mean: relevance scores follow it.
+    pub(crate) scale: ScoreScale,
     /// SHA-256 of the API key: comparing digests in constant time hides the length too.
     pub(crate) key_digest: Option<[u8; 32]>,
     pub(crate) permits: Arc<Semaphore>,
@@ -533,7 +535,14 @@ async fn rerank_inner(
         "firstrank-{}",
         state.next_id.fetch_add(1, Ordering::Relaxed)
     );
-    let body = types::render(&input, &outcome, &state.config.model_name, &id, tokens);
+    let body = types::render(
+        &input,
+        &outcome,
+        state.scale,
+        &state.config.model_name,
+        &id,
+        tokens,
+    );
     Ok(axum::Json(body).into_response())
 }
 

@@ -161,6 +161,7 @@ impl Server {
         counter: Option<SharedTokenCounter>,
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::default());
+        let scale = scorer.score_scale();
         let engine = Engine::start(
             scorer,
             config.strategy,
@@ -188,6 +189,7 @@ impl Server {
                 engine,
                 metrics,
                 counter,
+                scale,
                 key_digest,
                 next_id: AtomicU64::new(1),
                 started: Instant::now(),
@@ -269,6 +271,9 @@ impl Server {
             });
         }
         drop(listener);
+        // Requests still being read when the signal came get 503
+        // `shutting_down` (with Retry-After) instead of new work.
+        self.state.engine.begin_shutdown();
         let drain_until = tokio::time::Instant::now() + config.shutdown_timeout;
         let open = graceful.count();
         if tokio::time::timeout_at(drain_until, graceful.shutdown())

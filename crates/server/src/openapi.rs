@@ -18,10 +18,11 @@ use crate::types;
     info(
         title = "firstrank reranking server",
         description = "Listwise LLM reranking (FIRST single-token scoring) behind the rerank APIs of \
-            Cohere (v1, v2), Jina, llama.cpp and Hugging Face TEI. relevance_score / score is rank-based: \
-            (n - rank) / n for the final ranking after the window strategy (1 for the top document); \
-            raw_scores adds or returns the model's raw score (FIRST: identifier logit) from the last \
-            window that placed the document. Errors are {\"error\", \"error_type\", \"message\"}; JSON \
+            Cohere (v1, v2), Jina, llama.cpp and Hugging Face TEI. relevance_score / score is rank-based \
+            for listwise models: (n - rank) / n for the final ranking after the window strategy (1 for \
+            the top document); for cross-encoders it is the model's probability (the sigmoid of its \
+            logit, as TEI returns it). raw_scores adds or returns the model's raw score (FIRST: \
+            identifier logit; cross-encoder: the logit) from the last window that placed the document. Errors are {\"error\", \"error_type\", \"message\"}; JSON \
             routes need Content-Type application/json (or none)."
     ),
     paths(

@@ -8,7 +8,7 @@
 //! derives `utoipa::ToSchema`, so the OpenAPI document ([`crate::openapi`])
 //! is generated from them rather than kept by hand.
 
-use firstrank_core::window::RerankOutcome;
+use firstrank_core::window::{RerankOutcome, ScoreScale};
 use firstrank_core::{Candidate, Query, Request};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -227,7 +227,8 @@ pub struct DocumentOut {
 pub struct RerankResult {
     /// Position of the document in the request.
     pub index: usize,
-    /// Rank-based relevance in (0, 1]: `(n - rank) / n`.
+    /// Listwise models: rank-based relevance in (0, 1], `(n - rank) / n`;
+    /// cross-encoders: the model's probability of relevance.
     pub relevance_score: f64,
     /// The model's raw score from the last window that placed the document
     /// (only with `raw_scores`; null when it was never scored).
@@ -263,7 +264,8 @@ pub struct RerankResponse {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TeiResult {
     pub index: usize,
-    /// Rank-based, or the raw model score with `raw_scores`.
+    /// As `relevance_score` of the Cohere shape, or the raw model score
+    /// with `raw_scores`.
     pub score: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -329,10 +331,24 @@ pub fn rank_score(rank: usize, n: usize) -> f64 {
     (n - rank) as f64 / n as f64
 }
 
-/// The response for `input` given the reranked `outcome`.
+/// The relevance score of the document at `rank` of `n`: the model's own
+/// score where it is a probability (or a logit of one), else rank-based.
+pub fn relevance(scale: ScoreScale, model_score: Option<f32>, rank: usize, n: usize) -> f64 {
+    match (scale, model_score) {
+        (ScoreScale::Probability, Some(p)) => f64::from(p),
+        (ScoreScale::Logit, Some(x)) => 1.0 / (1.0 + (-f64::from(x)).exp()),
+        // Never scored (beyond the strategy's reach): below every scored one.
+        (ScoreScale::Probability | ScoreScale::Logit, None) => 0.0,
+        (ScoreScale::WithinWindow, _) => rank_score(rank, n),
+    }
+}
+
+/// The response for `input` given the reranked `outcome`; `scale` says what
+/// the model's scores mean.
 pub fn render(
     input: &RerankInput,
     outcome: &RerankOutcome,
+    scale: ScoreScale,
     model: &str,
     id: &str,
     tokens: usize,
@@ -351,7 +367,7 @@ pub fn render(
                     score: if input.raw_scores {
                         c.model_score.map(f64::from)
                     } else {
-                        Some(rank_score(r, n))
+                        Some(relevance(scale, c.model_score, r, n))
                     },
                     text: input
                         .return_documents
@@ -368,7 +384,7 @@ pub fn render(
                 .enumerate()
                 .map(|(r, c)| RerankResult {
                     index: c.original_rank,
-                    relevance_score: rank_score(r, n),
+                    relevance_score: relevance(scale, c.model_score, r, n),
                     raw_score: input.raw_scores.then_some(c.model_score),
                     document: input.return_documents.then(|| DocumentOut {
                         text: input.docs[c.original_rank].text.clone(),

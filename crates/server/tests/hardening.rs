@@ -3,7 +3,8 @@
 //! panics or keeps panicking (only its request fails; `/health` reports a
 //! dead worker), a query longer than the limit (413 before any work), a
 //! streamed body over the size limit, a shutdown bounded by
-//! `shutdown_timeout` while a request is still being scored, a large batch
+//! `shutdown_timeout` while a request is still being scored, 503
+//! `shutting_down` for a request read after the signal, a large batch
 //! that must not hold up single requests, and work cancelled between windows
 //! when its client leaves.
 
@@ -45,7 +46,11 @@ struct Running {
 }
 
 async fn start(config: ServerConfig) -> Running {
-    let server = Server::new(config, Box::new(Unruly), None).expect("server");
+    start_with(config, Box::new(Unruly)).await
+}
+
+async fn start_with(config: ServerConfig, scorer: Box<dyn WindowScorer + Send>) -> Running {
+    let server = Server::new(config, scorer, None).expect("server");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -83,6 +88,17 @@ async fn rerank(base: &str, query: &str) -> (u16, Value) {
         .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 async fn health(base: &str) -> (u16, Value) {
@@ -129,14 +145,7 @@ async fn a_failing_scorer_fails_only_its_request_and_a_broken_one_shows_on_healt
     assert_eq!(h.1["status"], "worker_stopped");
     let (code, body) = rerank(b, "fine").await;
     assert_eq!(code, 503, "{body}");
-    let metrics = client()
-        .get(format!("{b}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(b).await;
     assert!(
         metrics.contains("firstrank_scorer_panics_total 4"),
         "{metrics}"
@@ -280,14 +289,7 @@ async fn stalled_connections_are_capped_and_closed_after_the_header_timeout() {
         "an idle connection was still open"
     );
     assert_eq!(rerank(&s.base, "fine").await.0, 200);
-    let metrics = client()
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&s.base).await;
     let refused: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("firstrank_refused_connections_total "))
@@ -310,6 +312,56 @@ async fn shutdown_is_bounded_while_a_request_is_still_being_scored() {
     // The scorer sleeps 2 s per window; the drain bound is 0.3 s.
     shutdown_within(s, Duration::from_millis(1500)).await;
     let _ = slow.await;
+}
+
+/// A request whose body is still arriving when the shutdown signal comes
+/// is refused with 503 `shutting_down` and a Retry-After (a load balancer
+/// retries it elsewhere), while the request already being scored finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_read_after_the_shutdown_signal_get_503_shutting_down() {
+    let s = start(ServerConfig {
+        shutdown_timeout: Duration::from_secs(10),
+        ..config()
+    })
+    .await;
+    let base = s.base.clone();
+    let slow = tokio::spawn(async move { rerank(&base, "SLOW").await });
+    let body = json!({"query": "late", "documents": ["a", "bb"]}).to_string();
+    let mut late = TcpStream::connect(s.addr).unwrap();
+    write!(
+        late,
+        "POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Running { stop, handle, .. } = s;
+    let _ = stop.unwrap().send(());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = tokio::task::spawn_blocking(move || {
+        late.write_all(body.as_bytes()).unwrap();
+        late.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = String::new();
+        let _ = late.read_to_string(&mut answer);
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("shutting_down"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    // The request admitted before the signal was scored to the end.
+    let (code, done) = slow.await.unwrap();
+    assert_eq!(code, 200, "{done}");
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("serve returned")
+        .unwrap()
+        .unwrap();
 }
 
 async fn shutdown_within(mut s: Running, bound: Duration) {
@@ -345,19 +397,7 @@ impl WindowScorer for Counting {
 
 async fn start_counting(config: ServerConfig) -> (Running, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
-    let server = Server::new(config, Box::new(Counting(count.clone())), None).expect("server");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(server.serve(listener, async {
-        let _ = rx.await;
-    }));
-    let running = Running {
-        base: format!("http://{addr}"),
-        addr,
-        stop: Some(tx),
-        handle,
-    };
+    let running = start_with(config, Box::new(Counting(count.clone()))).await;
     (running, count)
 }
 

@@ -79,3 +79,60 @@ pub fn trec_metric(text: &str, name: &str) -> f64 {
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+/// Kills the server if a test fails half-way.
+#[allow(dead_code)]
+pub struct Serving(pub std::process::Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns a prepared `firstrank serve` command (with `--port 0`) and waits
+/// for the address it logs; the log keeps being drained afterwards.
+#[allow(dead_code)]
+pub fn spawn_serve(mut cmd: std::process::Command) -> (Serving, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            panic!("serve exited before listening:\n{log}");
+        };
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(rest) = line.split("on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Serving(child), addr)
+}
+
+/// One HTTP/1.1 request (`head` like `POST /v1/rerank`) with a JSON body on
+/// a fresh connection; the whole response, or None when it failed.
+#[allow(dead_code)]
+pub fn request(addr: std::net::SocketAddr, head: &str, body: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut c =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).ok()?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    let req = format!(
+        "{head} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    Some(out)
+}
