@@ -21,8 +21,8 @@ pub struct ModelArg {
     /// Face repo id (`org/name`, or a GGUF in a repo, `org/name/file.gguf`).
     /// Where a command reranks, `minilm` (or a sentence-transformers
     /// directory) scores by bi-encoder cosine similarity, and a
-    /// sequence-classification directory (`BertForSequenceClassification`)
-    /// as a cross-encoder.
+    /// sequence-classification directory (BERT, XLM-RoBERTa) as a
+    /// cross-encoder.
     #[arg(long, short, value_name = "MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
 }

@@ -134,9 +134,7 @@ impl Engine {
     pub fn state(&self) -> WorkerState {
         if !self.running.load(Ordering::SeqCst) {
             WorkerState::Stopped
-        } else if self.draining.load(Ordering::SeqCst)
-            || self.tx.lock().unwrap_or_else(|e| e.into_inner()).is_none()
-        {
+        } else if self.draining.load(Ordering::SeqCst) {
             WorkerState::ShuttingDown
         } else {
             WorkerState::Serving
@@ -242,6 +240,7 @@ impl Engine {
     }
 
     pub fn shutdown(&self) {
+        self.begin_shutdown();
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = h.join();
