@@ -32,13 +32,14 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Args, Parser};
+use firstrank_core::chunk::start_chunked;
 use firstrank_core::formats::{
     detect_format, read_requests, read_topics, write_atomically, AtomicWriter,
 };
 use firstrank_core::formats::{InputFormat, InputSpec};
 use firstrank_core::metrics::{evaluate, EvalConfig, Metric, Run};
 use firstrank_core::qrels::Qrels;
-use firstrank_core::window::{rerank_batch, WindowScorer, WindowStrategy};
+use firstrank_core::window::{rerank_lockstep, WindowScorer, WindowStrategy};
 use firstrank_core::{Query, Request};
 use firstrank_models::embed::SentenceEncoder;
 use firstrank_models::fetch::ensure_model;
@@ -133,6 +134,9 @@ struct RerankStage {
     passes: usize,
     #[serde(default = "default_one")]
     batch_queries: usize,
+    /// As `rerank --max-chunks-per-doc`.
+    #[serde(default = "default_one")]
+    max_chunks_per_doc: usize,
     #[serde(flatten)]
     model_options: toml::Table,
 }
@@ -193,6 +197,7 @@ enum Stage {
         /// The largest window the model will see.
         max_window: usize,
         batch_queries: usize,
+        max_chunks_per_doc: usize,
     },
     Feedback {
         signal: Signal,
@@ -373,6 +378,7 @@ fn parse_stage(mut table: toml::Table, after_feedback: bool) -> Result<Stage> {
             .with_passes(s.passes);
             strategy.validate()?;
             ensure!(s.batch_queries >= 1, "`batch_queries` must be at least 1");
+            firstrank_core::chunk::validate_max_chunks(s.max_chunks_per_doc, s.window)?;
             let reach = if s.strategy == "single" {
                 s.window
             } else {
@@ -382,8 +388,9 @@ fn parse_stage(mut table: toml::Table, after_feedback: bool) -> Result<Stage> {
                 scorer,
                 strategy,
                 reach,
-                max_window: s.window.min(reach),
+                max_window: s.window.min(reach).max(s.max_chunks_per_doc),
                 batch_queries: s.batch_queries,
+                max_chunks_per_doc: s.max_chunks_per_doc,
             }
         }
         "feedback" => {
@@ -691,6 +698,7 @@ pub fn run(args: PipelineArgs, quiet: bool) -> Result<()> {
                 reach,
                 max_window,
                 batch_queries,
+                max_chunks_per_doc,
             } => {
                 if let std::collections::hash_map::Entry::Vacant(slot) = scorers.entry(si) {
                     let s: Box<dyn WindowScorer> = match scorer {
@@ -724,7 +732,9 @@ pub fn run(args: PipelineArgs, quiet: bool) -> Result<()> {
                             })
                         })
                         .collect::<Result<_>>()?;
-                    let outcomes = rerank_batch(s.as_mut(), strategy, requests)?;
+                    let states =
+                        start_chunked(s.as_ref(), strategy, requests, *max_chunks_per_doc)?;
+                    let outcomes = rerank_lockstep(s.as_mut(), states)?;
                     for (outcome, list) in outcomes.into_iter().zip(chunk_l.iter_mut()) {
                         let n = outcome.ranked.len();
                         let head: Vec<Entry> = outcome

@@ -10,7 +10,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use firstrank_core::window::{rerank, WindowStrategy};
+use firstrank_core::chunk::start_chunked;
+use firstrank_core::window::{rerank_lockstep, WindowStrategy};
 use firstrank_core::{Candidate, Query, Request};
 use serde::Serialize;
 
@@ -104,10 +105,19 @@ pub fn run(args: &RerankArgs, query: &str, quiet: bool) -> Result<()> {
             })
             .collect(),
     };
-    let mut scorer = args
-        .llm
-        .load_scorer(&args.model.model, args.window.min(docs.len()))?;
-    let outcome = rerank(scorer.as_mut(), &strategy, request)?;
+    // A document's chunks share one window: the model must take that many.
+    let max_window = args.window.min(docs.len()).max(args.max_chunks_per_doc);
+    let mut scorer = args.llm.load_scorer(&args.model.model, max_window)?;
+    crate::rerank::check_chunking(scorer.as_ref(), args.window, args.max_chunks_per_doc)?;
+    let states = start_chunked(
+        scorer.as_ref(),
+        &strategy,
+        vec![request],
+        args.max_chunks_per_doc,
+    )?;
+    let outcome = rerank_lockstep(scorer.as_mut(), states)?
+        .pop()
+        .expect("one request in, one outcome out");
     if !quiet {
         if let Some(line) = scorer.stats_summary() {
             eprintln!("{line}");

@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
+use firstrank_core::chunk::start_chunked;
 use firstrank_core::formats::output::partial_path;
 use firstrank_core::formats::{open_requests, read_trec_run, InputSpec, OutputConfig, OutputSink};
 use firstrank_core::metrics::{evaluate, EvalConfig, Metric};
 use firstrank_core::qrels::Qrels;
-use firstrank_core::window::{rerank_batch, WindowScorer, WindowStrategy};
+use firstrank_core::window::{rerank_lockstep, WindowScorer, WindowStrategy};
 use firstrank_core::Request;
 
 use crate::diagnostic::{OracleScorer, ReverseScorer};
@@ -116,6 +117,12 @@ pub struct RerankArgs {
     /// Repeat the whole sweep this many times.
     #[arg(long, default_value_t = 1)]
     pub passes: usize,
+    /// Cut documents longer than the model's passage budget into up to N
+    /// overlapping chunks; each document's chunks are compared in one window
+    /// first and its best chunk stands for it (Cohere's
+    /// `max_chunks_per_doc`). 1: documents are cut to the budget, as before.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub max_chunks_per_doc: usize,
     /// Queries whose windows are scored together (backends batch them).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_queries: u16,
@@ -198,7 +205,9 @@ fn build_scorer(args: &RerankArgs) -> Result<Box<dyn WindowScorer>> {
             let max_window = match args.strategy {
                 StrategyKind::Sliding => args.window.min(args.top_k),
                 StrategyKind::Single => args.window,
-            };
+            }
+            // A document's chunks share one window.
+            .max(args.max_chunks_per_doc);
             Ok(args.llm.load_scorer(model, max_window)?)
         }
     }
@@ -290,6 +299,7 @@ fn run_fingerprint(args: &RerankArgs) -> serde_json::Value {
         "top_k": args.top_k,
         "rank_start": args.rank_start,
         "passes": args.passes,
+        "max_chunks_per_doc": args.max_chunks_per_doc,
         "shuffle_input": args.shuffle_input,
         "shard": args.shard,
         "input": file(&args.input),
@@ -298,6 +308,17 @@ fn run_fingerprint(args: &RerankArgs) -> serde_json::Value {
         "qrels": file(&args.qrels),
         "tag": args.tag,
     })
+}
+
+/// Refuses `--max-chunks-per-doc` that the window (`--window`) or the
+/// scorer cannot serve, before any output is opened.
+pub fn check_chunking(scorer: &dyn WindowScorer, window: usize, max_chunks: usize) -> Result<()> {
+    firstrank_core::chunk::validate_max_chunks(max_chunks, window)
+        .map_err(|e| anyhow::anyhow!("--max-chunks-per-doc: {e}"))?;
+    if max_chunks > 1 && scorer.passage_budget().is_none() {
+        anyhow::bail!("--max-chunks-per-doc: this scorer has no tokenizer to cut documents with");
+    }
+    Ok(())
 }
 
 pub fn run(mut args: RerankArgs, quiet: bool) -> Result<()> {
@@ -314,6 +335,7 @@ pub fn run(mut args: RerankArgs, quiet: bool) -> Result<()> {
     // Open the input first: a bad file fails before any output is touched.
     let requests = open_requests(&spec)?;
     let mut scorer = build_scorer(&args)?;
+    check_chunking(scorer.as_ref(), args.window, args.max_chunks_per_doc)?;
     let mut sink = OutputSink::create(OutputConfig {
         trec: args.output.clone(),
         jsonl: args.output_jsonl.clone(),
@@ -338,7 +360,13 @@ pub fn run(mut args: RerankArgs, quiet: bool) -> Result<()> {
             if batch.is_empty() {
                 return Ok(0);
             }
-            let outcomes = rerank_batch(scorer.as_mut(), &strategy, std::mem::take(batch))?;
+            let states = start_chunked(
+                scorer.as_ref(),
+                &strategy,
+                std::mem::take(batch),
+                args.max_chunks_per_doc,
+            )?;
+            let outcomes = rerank_lockstep(scorer.as_mut(), states)?;
             let mut n_windows = 0;
             for outcome in &outcomes {
                 sink.write(outcome)?;

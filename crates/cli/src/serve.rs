@@ -151,6 +151,15 @@ pub struct ServeArgs {
         requires = "diagnostic_scorer"
     )]
     pub diagnostic_delay_ms: u64,
+    /// The diagnostic scorer reads only a document's first N words, and
+    /// `max_chunks_per_doc` cuts documents into chunks of N words.
+    #[arg(
+        long,
+        value_name = "N",
+        hide_short_help = true,
+        requires = "diagnostic_scorer"
+    )]
+    pub diagnostic_passage_words: Option<usize>,
 }
 
 /// Scores one full window of made-up passages before serving: checks the
@@ -229,6 +238,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Some(ServeDiagnostic::Lexical) => (
             Box::new(LexicalScorer {
                 delay_per_window: Duration::from_millis(args.diagnostic_delay_ms),
+                passage_words: args.diagnostic_passage_words,
             }),
             None,
             "lexical-diagnostic".to_string(),

@@ -144,3 +144,68 @@ fn a_cross_encoder_directory_reranks() {
         "{got:?}"
     );
 }
+
+/// `--max-chunks-per-doc` cuts a long document with the model's tokenizer
+/// (the tiny cross-encoder's: 64 positions) and is refused where it cannot
+/// work, before any scoring.
+#[test]
+fn max_chunks_per_doc_reranks_long_documents_and_refuses_what_cannot_chunk() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/data/tiny-cross-encoder");
+    let long = "The adult flea lives for two to three months on a host. ".repeat(12);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "rerank",
+            "-q",
+            "--model",
+            dir.to_str().unwrap(),
+            "--query",
+            "how long do fleas live",
+            "--doc",
+            &long,
+            "--doc",
+            "Paris is in France",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        firstrank(&args)
+    };
+    let o = run(&["--max-chunks-per-doc", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(got.len(), 2);
+    // The whole document comes back, not the chunk that stood for it.
+    let long_doc = got.iter().find(|d| d["index"] == 0).unwrap();
+    assert_eq!(long_doc["document"], long.as_str());
+
+    let o = run(&["--max-chunks-per-doc", "21"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--max-chunks-per-doc") && stderr(&o).contains("window"),
+        "{}",
+        stderr(&o)
+    );
+    // A scorer without a tokenizer refuses, and writes no output.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        r#"{"query":{"qid":"1","text":"q"},"candidates":[{"docid":"a","score":2,"text":"a b c"},{"docid":"b","score":1,"text":"d e"}]}"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("out.trec");
+    let o = firstrank(&[
+        "rerank",
+        "--diagnostic-scorer",
+        "reverse",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--max-chunks-per-doc",
+        "2",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("tokenizer"), "{}", stderr(&o));
+    assert!(!out.exists());
+}

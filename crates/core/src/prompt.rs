@@ -38,6 +38,14 @@ pub trait TokenCounter {
     /// `decode(encode(text)[..max_tokens])`. Only called for texts longer
     /// than `max_tokens` tokens.
     fn truncate_to_tokens(&self, text: &str, max_tokens: usize) -> anyhow::Result<String>;
+    /// Each token's `[start, end)` byte range in `text`, in order (for cutting
+    /// long documents into chunks on token boundaries, [`crate::chunk`]).
+    fn token_spans(&self, text: &str) -> anyhow::Result<Vec<(usize, usize)>> {
+        let _ = text;
+        anyhow::bail!(
+            "this tokenizer reports no token offsets, which cutting documents into chunks needs"
+        )
+    }
 }
 
 /// How passages are labelled in the prompt.

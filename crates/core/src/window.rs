@@ -18,6 +18,8 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chunk::PassageBudget;
+use crate::prompt::TokenCounter;
 use crate::{Candidate, Error, Query, Request, Result};
 
 /// Scores one listwise window. Implemented by model backends and test scorers.
@@ -49,6 +51,13 @@ pub trait WindowScorer {
     /// scores follow it); listwise scores only order one window.
     fn score_scale(&self) -> ScoreScale {
         ScoreScale::WithinWindow
+    }
+
+    /// The tokenizer and the share of the model's input one passage gets,
+    /// for cutting long documents into chunks ([`crate::chunk`]); `None`
+    /// when the scorer cannot say (chunking is then refused).
+    fn passage_budget(&self) -> Option<(&dyn TokenCounter, PassageBudget)> {
+        None
     }
 }
 
@@ -82,6 +91,9 @@ impl<S: WindowScorer + ?Sized> WindowScorer for &mut S {
     fn score_scale(&self) -> ScoreScale {
         (**self).score_scale()
     }
+    fn passage_budget(&self) -> Option<(&dyn TokenCounter, PassageBudget)> {
+        (**self).passage_budget()
+    }
 }
 
 impl<S: WindowScorer + ?Sized> WindowScorer for Box<S> {
@@ -99,6 +111,9 @@ impl<S: WindowScorer + ?Sized> WindowScorer for Box<S> {
     }
     fn score_scale(&self) -> ScoreScale {
         (**self).score_scale()
+    }
+    fn passage_budget(&self) -> Option<(&dyn TokenCounter, PassageBudget)> {
+        (**self).passage_budget()
     }
 }
 
@@ -230,6 +245,10 @@ pub struct RankedCandidate {
     /// Raw score from the last window that contained the candidate; `None` if
     /// no window reached it (ranks beyond rank_end).
     pub model_score: Option<f32>,
+    /// For a document cut into chunks ([`QueryRerank::with_chunks`]): the
+    /// 0-based index of the chunk that stood for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<usize>,
 }
 
 /// The reranked list of one query.
@@ -258,6 +277,13 @@ impl RerankOutcome {
 pub struct QueryRerank {
     query: Query,
     list: Vec<RankedCandidate>,
+    /// Positions the schedule can reorder.
+    reorderable: Range<usize>,
+    /// Long documents whose best chunk is still to be chosen, each scored as
+    /// one window before the schedule starts: (position, chunks).
+    selections: Vec<(usize, Vec<String>)>,
+    /// Whole texts of the documents a chunk stands for, restored by `finish`.
+    full_texts: Vec<(usize, String)>,
     schedule: Vec<Range<usize>>,
     next: usize,
     windows: Vec<WindowRecord>,
@@ -276,24 +302,59 @@ impl QueryRerank {
                 candidate,
                 original_rank,
                 model_score: None,
+                chunk: None,
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let end = strategy.rank_end.min(list.len());
         Self {
             query: request.query,
+            reorderable: strategy.rank_start.min(end)..end,
             list,
+            selections: Vec::new(),
+            full_texts: Vec::new(),
             schedule,
             next: 0,
             windows: Vec::new(),
         }
     }
 
+    /// Gives long documents chunks to choose from (`chunks[i]` for candidate
+    /// `i`, as [`crate::chunk::chunk_request`] cuts them; one chunk means the
+    /// document is read whole). Before the schedule, each document with
+    /// several chunks in the reorderable ranks gets one window of its chunks;
+    /// the best-scoring chunk (the first of equals) then stands for the
+    /// document in every window, and [`QueryRerank::finish`] gives back the
+    /// whole text. Call before any window is scored.
+    pub fn with_chunks(mut self, chunks: Vec<Vec<String>>) -> Result<Self> {
+        if chunks.len() != self.list.len() {
+            return Err(Error::Invalid(format!(
+                "chunks given for {} documents of query {}, which has {}",
+                chunks.len(),
+                self.query.qid,
+                self.list.len()
+            )));
+        }
+        if self.next > 0 || !self.windows.is_empty() {
+            return Err(Error::Invalid(format!(
+                "chunks given for query {} after its windows started",
+                self.query.qid
+            )));
+        }
+        self.selections = chunks
+            .into_iter()
+            .enumerate()
+            .filter(|(i, c)| c.len() > 1 && self.reorderable.contains(i))
+            .collect();
+        Ok(self)
+    }
+
     pub fn query(&self) -> &Query {
         &self.query
     }
 
-    /// Windows not yet scored.
+    /// Windows not yet scored (chunk choices included).
     pub fn windows_left(&self) -> usize {
-        self.schedule.len() - self.next
+        self.selections.len() + self.schedule.len() - self.next
     }
 
     fn current(&self) -> Option<Range<usize>> {
@@ -301,8 +362,21 @@ impl QueryRerank {
     }
 
     /// The candidates of the next window, in their current order (cloned, so
-    /// the scorer borrows nothing mutable); None when the query is done.
+    /// the scorer borrows nothing mutable); None when the query is done. While
+    /// chunks are being chosen, the window is one document's chunks.
     pub fn next_window(&self) -> Option<Vec<Candidate>> {
+        if let Some((position, chunks)) = self.selections.first() {
+            let doc = &self.list[*position].candidate;
+            return Some(
+                chunks
+                    .iter()
+                    .map(|text| Candidate {
+                        text: text.clone(),
+                        ..doc.clone()
+                    })
+                    .collect(),
+            );
+        }
         let range = self.current()?;
         Some(
             self.list[range]
@@ -312,8 +386,12 @@ impl QueryRerank {
         )
     }
 
-    /// Applies the scores of the next window: a stable sort, descending.
+    /// Applies the scores of the next window: a stable sort, descending (or,
+    /// for a document's chunks, the choice of its best one).
     pub fn apply(&mut self, scores: Vec<f32>) -> Result<()> {
+        if !self.selections.is_empty() {
+            return self.choose_chunk(scores);
+        }
         let Some(range) = self.current() else {
             return Err(Error::Invalid(format!(
                 "scores given for query {} after its last window",
@@ -358,8 +436,48 @@ impl QueryRerank {
         Ok(())
     }
 
-    /// The result (meant for a query whose windows are all scored).
-    pub fn finish(self) -> RerankOutcome {
+    fn choose_chunk(&mut self, scores: Vec<f32>) -> Result<()> {
+        let (position, chunks) = self.selections.remove(0);
+        let doc = &mut self.list[position];
+        if scores.len() != chunks.len() {
+            return Err(Error::Invalid(format!(
+                "scorer returned {} scores for the {} chunks of document {} (query {})",
+                scores.len(),
+                chunks.len(),
+                doc.candidate.docid,
+                self.query.qid
+            )));
+        }
+        if scores.iter().any(|s| s.is_nan()) {
+            return Err(Error::Invalid(format!(
+                "scorer returned NaN for a chunk of document {} (query {})",
+                doc.candidate.docid, self.query.qid
+            )));
+        }
+        let mut best = 0;
+        for (i, s) in scores.iter().enumerate() {
+            if *s > scores[best] {
+                best = i;
+            }
+        }
+        let whole = std::mem::replace(&mut doc.candidate.text, chunks[best].clone());
+        doc.chunk = Some(best);
+        self.full_texts.push((position, whole));
+        Ok(())
+    }
+
+    /// The result (meant for a query whose windows are all scored). Documents
+    /// a chunk stood for get their whole text back.
+    pub fn finish(mut self) -> RerankOutcome {
+        for (original_rank, whole) in std::mem::take(&mut self.full_texts) {
+            if let Some(doc) = self
+                .list
+                .iter_mut()
+                .find(|c| c.original_rank == original_rank)
+            {
+                doc.candidate.text = whole;
+            }
+        }
         RerankOutcome {
             query: self.query,
             ranked: self.list,
@@ -386,10 +504,19 @@ pub fn rerank_batch<S: WindowScorer + ?Sized>(
     requests: Vec<Request>,
 ) -> Result<Vec<RerankOutcome>> {
     strategy.validate()?;
-    let mut states: Vec<QueryRerank> = requests
+    let states = requests
         .into_iter()
         .map(|r| QueryRerank::new(r, strategy))
         .collect();
+    rerank_lockstep(scorer, states)
+}
+
+/// [`rerank_batch`] over queries already started (e.g. given chunks with
+/// [`QueryRerank::with_chunks`]); their strategy must have been validated.
+pub fn rerank_lockstep<S: WindowScorer + ?Sized>(
+    scorer: &mut S,
+    mut states: Vec<QueryRerank>,
+) -> Result<Vec<RerankOutcome>> {
     loop {
         let active: Vec<(usize, Vec<Candidate>)> = states
             .iter()
@@ -599,6 +726,67 @@ mod tests {
         }
         assert!(rerank(&mut Wrong(0), &WindowStrategy::default(), request(30)).is_err());
         assert!(rerank(&mut Wrong(1), &WindowStrategy::default(), request(30)).is_err());
+    }
+
+    /// Scores a passage by how often its first 10 words say "flea": a
+    /// deterministic pointwise scorer that, like a model, reads a passage
+    /// only up to its budget.
+    struct Fleas;
+    impl WindowScorer for Fleas {
+        fn score_window(&mut self, _q: &Query, w: &[Candidate]) -> anyhow::Result<Vec<f32>> {
+            Ok(w.iter()
+                .map(|c| {
+                    let read: Vec<&str> = c.text.split_whitespace().take(10).collect();
+                    read.join(" ").matches("flea").count() as f32
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn a_long_document_is_scored_by_its_best_chunk() {
+        use crate::chunk::{chunk_request, PassageBudget, WordTokens};
+        let filler = |n: usize| vec!["paris"; n].join(" ");
+        let mut req = request(3);
+        // Three chunks of 10 words; the middle one is the relevant one.
+        req.candidates[2].text = format!(
+            "{} {} {}",
+            filler(10),
+            "flea flea flea fleas live weeks on a host",
+            filler(11)
+        );
+        req.candidates[0].text = "one flea".into();
+        let whole = req.candidates[2].text.clone();
+        let budget = PassageBudget {
+            tokens: 10,
+            shared_with_query: false,
+        };
+        let chunks = chunk_request(&WordTokens, budget, &req, 3).unwrap();
+        assert_eq!(chunks[2].len(), 3);
+        assert!(chunks[2][1].contains("fleas live"));
+        let strategy = WindowStrategy::single(3);
+        let state = QueryRerank::new(req.clone(), &strategy)
+            .with_chunks(chunks)
+            .unwrap();
+        assert_eq!(state.windows_left(), 2);
+        let out = rerank_lockstep(&mut Fleas, vec![state]).unwrap().remove(0);
+        assert_eq!(out.ranked[0].original_rank, 2);
+        assert_eq!(out.ranked[0].chunk, Some(1));
+        assert_eq!(out.ranked[0].model_score, Some(4.0));
+        // The output carries the whole document, not the chunk.
+        assert_eq!(out.ranked[0].candidate.text, whole);
+        assert_eq!(out.ranked[1].original_rank, 0);
+        assert_eq!(out.ranked[1].chunk, None);
+        // Without chunks the document is read from its start and loses.
+        let plain = rerank(&mut Fleas, &strategy, req).unwrap();
+        assert_eq!(plain.ranked[0].original_rank, 0);
+        assert_eq!(plain.ranked[2].model_score, Some(0.0));
+    }
+
+    #[test]
+    fn chunks_for_the_wrong_number_of_documents_are_refused() {
+        let state = QueryRerank::new(request(3), &WindowStrategy::single(3));
+        assert!(state.with_chunks(vec![vec![]; 2]).is_err());
     }
 
     #[test]

@@ -303,4 +303,8 @@ impl firstrank_core::prompt::TokenCounter for EncoderTokenCounter {
         };
         Ok(text.get(..end).unwrap_or(text).to_string())
     }
+
+    fn token_spans(&self, text: &str) -> Result<Vec<(usize, usize)>> {
+        Ok(self.encode(text)?.get_offsets().to_vec())
+    }
 }

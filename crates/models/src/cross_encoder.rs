@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
+use firstrank_core::chunk::PassageBudget;
+use firstrank_core::prompt::TokenCounter;
 use firstrank_core::window::{ScoreScale, WindowScorer};
 use firstrank_core::{Candidate, Query};
 use serde::Deserialize;
@@ -97,6 +99,8 @@ pub struct CrossEncoder {
     pooler: Linear,
     classifier: Linear,
     tokenizer: Tokenizer,
+    /// The tokenizer without truncation, for counting and chunking.
+    counter: crate::bert::EncoderTokenCounter,
     max_len: usize,
     device: Device,
     dir: PathBuf,
@@ -184,11 +188,13 @@ impl CrossEncoder {
             }))
             .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
         tokenizer.with_padding(None);
+        let counter = crate::bert::EncoderTokenCounter::new(&tokenizer)?;
         Ok(Self {
             bert,
             pooler,
             classifier,
             tokenizer,
+            counter,
             max_len,
             device: device.clone(),
             dir: dir.to_path_buf(),
@@ -203,7 +209,7 @@ impl CrossEncoder {
 
     /// Counts tokens as the model's tokenizer does.
     pub fn token_counter(&self) -> Result<crate::bert::EncoderTokenCounter> {
-        crate::bert::EncoderTokenCounter::new(&self.tokenizer)
+        Ok(self.counter.clone())
     }
 
     /// Scores of `texts` for `query`, in input order (sigmoid, or the logit
@@ -270,6 +276,18 @@ impl WindowScorer for CrossEncoderScorer {
         let texts: Vec<String> = window.iter().map(crate::embed::candidate_text).collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         self.model.score(&query.text, &refs)
+    }
+
+    /// A pair is cut to `max_len` tokens: the document gets what the query
+    /// and the three special tokens leave.
+    fn passage_budget(&self) -> Option<(&dyn TokenCounter, PassageBudget)> {
+        Some((
+            &self.model.counter,
+            PassageBudget {
+                tokens: self.model.max_len.saturating_sub(3),
+                shared_with_query: true,
+            },
+        ))
     }
 
     fn score_scale(&self) -> ScoreScale {

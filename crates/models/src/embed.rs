@@ -50,6 +50,8 @@ const DEFAULT_BATCH_SIZE: usize = 32;
 pub struct SentenceEncoder {
     model: Bert,
     tokenizer: Tokenizer,
+    /// The tokenizer without truncation, for counting and chunking.
+    counter: crate::bert::EncoderTokenCounter,
     config: BertConfig,
     max_seq_length: usize,
     device: Device,
@@ -134,9 +136,11 @@ impl SentenceEncoder {
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let model = Bert::load(vb, &config)
             .with_context(|| format!("{}: not a BERT checkpoint", weights_path.display()))?;
+        let counter = crate::bert::EncoderTokenCounter::new(&tokenizer)?;
         Ok(Self {
             model,
             tokenizer,
+            counter,
             config,
             max_seq_length,
             device: device.clone(),
@@ -153,7 +157,7 @@ impl SentenceEncoder {
     /// Token limit per text, special tokens included.
     /// Counts tokens as the model's tokenizer does.
     pub fn token_counter(&self) -> Result<crate::bert::EncoderTokenCounter> {
-        crate::bert::EncoderTokenCounter::new(&self.tokenizer)
+        Ok(self.counter.clone())
     }
 
     pub fn max_seq_length(&self) -> usize {
@@ -316,5 +320,22 @@ impl firstrank_core::window::WindowScorer for BiEncoderScorer {
         window: &[firstrank_core::Candidate],
     ) -> Result<Vec<f32>> {
         self.scores(&query.text, window)
+    }
+
+    /// A passage is embedded alone, cut to `max_seq_length` tokens less the
+    /// two special tokens.
+    fn passage_budget(
+        &self,
+    ) -> Option<(
+        &dyn firstrank_core::prompt::TokenCounter,
+        firstrank_core::chunk::PassageBudget,
+    )> {
+        Some((
+            &self.encoder.counter,
+            firstrank_core::chunk::PassageBudget {
+                tokens: self.encoder.max_seq_length.saturating_sub(2),
+                shared_with_query: false,
+            },
+        ))
     }
 }

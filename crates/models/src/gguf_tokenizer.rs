@@ -471,6 +471,10 @@ impl firstrank_core::prompt::TokenCounter for GgufTokenizer {
         let ids = self.encode_raw(text)?;
         self.decode(&ids[..ids.len().min(max_tokens)])
     }
+
+    fn token_spans(&self, text: &str) -> Result<Vec<(usize, usize)>> {
+        Ok(self.encode_with_offsets(text)?.1)
+    }
 }
 
 /// The tokenizer of a Hugging Face model directory: `tokenizer.json`, with

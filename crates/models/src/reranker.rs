@@ -399,7 +399,28 @@ impl LlmReranker {
     }
 }
 
+/// Tokens per chunk when a long document is cut for an LLM that has no
+/// `--max-passage-tokens`: about the 300 words rank_llm shows of a passage in
+/// a window of 20, so a chunk is seldom cut again by the word cap.
+pub const DEFAULT_LLM_CHUNK_TOKENS: usize = 300;
+
 impl WindowScorer for LlmReranker {
+    /// A passage gets `--max-passage-tokens` of the prompt, or
+    /// [`DEFAULT_LLM_CHUNK_TOKENS`].
+    fn passage_budget(&self) -> Option<(&dyn TokenCounter, firstrank_core::chunk::PassageBudget)> {
+        Some((
+            &self.tokenizer,
+            firstrank_core::chunk::PassageBudget {
+                tokens: self
+                    .config
+                    .options
+                    .max_tokens
+                    .unwrap_or(DEFAULT_LLM_CHUNK_TOKENS),
+                shared_with_query: false,
+            },
+        ))
+    }
+
     fn stats_summary(&self) -> Option<String> {
         let s = &self.stats;
         let mut line = format!(

@@ -146,3 +146,75 @@ fn unsupported_checkpoints_are_refused_by_name() {
     write(&|c| c["architectures"] = serde_json::json!(["BertModel"]));
     assert!(!is_cross_encoder_dir(dir.path()));
 }
+
+#[test]
+fn a_long_document_takes_its_best_chunks_score_on_real_token_boundaries() {
+    use firstrank_core::chunk::{chunk_request, start_chunked};
+    use firstrank_core::window::{rerank_lockstep, WindowStrategy};
+    let model = CrossEncoder::load(&fixture(), &Device::Cpu).unwrap();
+    let sentences = [
+        "Paris is the capital of France and a large city on the Seine.",
+        "The adult flea lives for two to three months on a cat or a dog.",
+        "A flea can jump many times its own length to reach a host.",
+        "Museums, cafes and old bridges draw visitors all year round.",
+    ];
+    let long = sentences
+        .iter()
+        .cycle()
+        .take(12)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let scorer = CrossEncoderScorer { model };
+    let request = firstrank_core::Request {
+        query: Query {
+            qid: "q".into(),
+            text: "how long do fleas live".into(),
+        },
+        candidates: [long.as_str(), sentences[1]]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Candidate {
+                docid: format!("d{i}"),
+                score: 0.0,
+                title: None,
+                text: t.to_string(),
+            })
+            .collect(),
+    };
+    let (counter, budget) = scorer.passage_budget().expect("a cross-encoder can chunk");
+    let chunks = chunk_request(counter, budget, &request, 4).unwrap();
+    assert_eq!(chunks[0].len(), 4, "the long document is cut into 4 chunks");
+    assert_eq!(chunks[1].len(), 1, "the short one is read whole");
+    // Chunks are verbatim pieces of the document, in order, the first at its start.
+    assert!(long.starts_with(&chunks[0][0]));
+    let mut from = 0;
+    for c in &chunks[0] {
+        let at = long[from..]
+            .find(c.as_str())
+            .expect("a chunk is verbatim text")
+            + from;
+        from = at + 1;
+        assert!(counter.count_tokens(c).unwrap() <= budget.chunk_tokens(5) + 1);
+    }
+    let alone = scorer
+        .model
+        .score(
+            "how long do fleas live",
+            &chunks[0].iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .unwrap();
+    let best = (0..alone.len())
+        .max_by(|&a, &b| alone[a].total_cmp(&alone[b]).then(b.cmp(&a)))
+        .unwrap();
+    let mut scorer = scorer;
+    let states = start_chunked(&scorer, &WindowStrategy::single(2), vec![request], 4).unwrap();
+    let out = rerank_lockstep(&mut scorer, states).unwrap().remove(0);
+    let doc = out.ranked.iter().find(|c| c.original_rank == 0).unwrap();
+    assert_eq!(doc.chunk, Some(best));
+    assert!((doc.model_score.unwrap() - alone[best]).abs() < 1e-5);
+    assert_eq!(
+        doc.candidate.text, long,
+        "the output keeps the whole document"
+    );
+}

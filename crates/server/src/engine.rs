@@ -56,6 +56,8 @@ pub type JobResult = Result<Vec<RerankOutcome>, ApiError>;
 
 struct Job {
     requests: Vec<Request>,
+    /// Chunks a long document may be cut into (1: read as it comes).
+    max_chunks: usize,
     windows: u64,
     deadline: Instant,
     reply: oneshot::Sender<JobResult>,
@@ -160,8 +162,11 @@ impl Engine {
     pub fn submit(
         &self,
         requests: Vec<Request>,
+        max_chunks: usize,
         timeout: Duration,
     ) -> Result<oneshot::Receiver<JobResult>, ApiError> {
+        firstrank_core::chunk::validate_max_chunks(max_chunks, self.strategy.window)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
         let windows = self.windows_for(&requests);
         let pending = self.metrics.pending_windows.load(Ordering::Relaxed);
         let estimate = self.secs_per_window();
@@ -185,6 +190,7 @@ impl Engine {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             requests,
+            max_chunks,
             windows,
             deadline: Instant::now() + timeout,
             reply,
@@ -267,18 +273,39 @@ struct Running {
 }
 
 impl Running {
-    fn new(mut job: Job, strategy: &WindowStrategy) -> Self {
+    /// Starts a job's queries, cutting long documents into chunks with the
+    /// scorer's tokenizer when the job asks for it; a job that cannot be
+    /// chunked starts failed (400).
+    fn new(mut job: Job, strategy: &WindowStrategy, scorer: &dyn WindowScorer) -> Self {
         let requests = std::mem::take(&mut job.requests);
         let n = requests.len();
+        let (queries, failed) = match firstrank_core::chunk::start_chunked(
+            scorer,
+            strategy,
+            requests,
+            job.max_chunks,
+        ) {
+            Ok(states) => (states.into_iter().map(Some).collect(), None),
+            Err(e) => (
+                (0..n).map(|_| None).collect(),
+                Some(ApiError::invalid(format!("`max_chunks_per_doc`: {e:#}"))),
+            ),
+        };
         Self {
-            queries: requests
-                .into_iter()
-                .map(|r| Some(QueryRerank::new(r, strategy)))
-                .collect(),
+            queries,
             outcomes: (0..n).map(|_| None).collect(),
             job,
-            failed: None,
+            failed,
         }
+    }
+
+    /// Windows the job's queries still have to score.
+    fn windows_left(&self) -> u64 {
+        self.queries
+            .iter()
+            .flatten()
+            .map(|q| q.windows_left() as u64)
+            .sum()
     }
 
     /// Moves finished queries to `outcomes`; whether the job is complete.
@@ -344,7 +371,16 @@ impl Worker {
 
     fn admit(&self, job: Job, running: &mut Vec<Running>) {
         self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-        running.push(Running::new(job, &self.strategy));
+        let mut r = Running::new(job, &self.strategy, self.scorer.as_ref());
+        // Choosing chunks adds windows the admission estimate did not know of.
+        let extra = r.windows_left().saturating_sub(r.job.windows);
+        if extra > 0 && r.failed.is_none() {
+            r.job.windows += extra;
+            self.metrics
+                .pending_windows
+                .fetch_add(extra, Ordering::Relaxed);
+        }
+        running.push(r);
     }
 
     /// Drops jobs whose client has gone or whose deadline has passed.

@@ -514,7 +514,10 @@ async fn rerank_inner(
     check_tokens(state, &tokens, "the request")?;
     let tokens = tokens.total;
     let timeout = state.config.request_timeout;
-    let rx = state.engine.submit(vec![input.to_request()], timeout)?;
+    let max_chunks = input.max_chunks_per_doc.unwrap_or(1);
+    let rx = state
+        .engine
+        .submit(vec![input.to_request()], max_chunks, timeout)?;
     state
         .metrics
         .tokens
@@ -574,6 +577,7 @@ async fn batch_inner(
                 raw_scores: false,
                 truncate: false,
                 max_tokens_per_doc: None,
+                max_chunks_per_doc: None,
             };
             per_query.push((
                 r.query.qid.clone(),
@@ -590,7 +594,7 @@ async fn batch_inner(
     let total: usize = tokens.iter().map(|(_, n)| n.total).sum();
     let docs: usize = requests.iter().map(|r| r.candidates.len()).sum();
     let timeout = state.config.batch_timeout;
-    let rx = state.engine.submit(requests, timeout)?;
+    let rx = state.engine.submit(requests, 1, timeout)?;
     state
         .metrics
         .tokens

@@ -6,6 +6,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use firstrank_core::chunk::{PassageBudget, WordTokens};
+use firstrank_core::prompt::TokenCounter;
 use firstrank_core::window::WindowScorer;
 use firstrank_core::{Candidate, Query};
 
@@ -15,6 +17,10 @@ use firstrank_core::{Candidate, Query};
 pub struct LexicalScorer {
     /// Sleep this long per window (simulates a model's cost in load tests).
     pub delay_per_window: Duration,
+    /// Read only a document's first this many words, as a model reads only
+    /// its passage budget (then long documents can be cut into chunks of
+    /// this many words); `None` reads documents whole and cannot chunk.
+    pub passage_words: Option<usize>,
 }
 
 fn words(text: &str) -> impl Iterator<Item = String> + '_ {
@@ -46,9 +52,26 @@ impl WindowScorer for LexicalScorer {
             .iter()
             .map(|c| {
                 let title = c.title.as_deref().unwrap_or("");
-                lexical_score(&query.text, title) + lexical_score(&query.text, &c.text)
+                let text = match self.passage_words {
+                    Some(n) => WordTokens
+                        .truncate_to_tokens(&c.text, n)
+                        .unwrap_or_else(|_| c.text.clone()),
+                    None => c.text.clone(),
+                };
+                lexical_score(&query.text, title) + lexical_score(&query.text, &text)
             })
             .collect())
+    }
+
+    fn passage_budget(&self) -> Option<(&dyn TokenCounter, PassageBudget)> {
+        let tokens = self.passage_words?;
+        Some((
+            &WordTokens,
+            PassageBudget {
+                tokens,
+                shared_with_query: false,
+            },
+        ))
     }
 }
 

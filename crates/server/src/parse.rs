@@ -219,6 +219,7 @@ pub fn parse_rerank(value: Value, v2: bool, limits: &Limits) -> Result<RerankInp
     }
     let top_n = opt_positive(&obj, "top_n")?;
     let max_tokens_per_doc = opt_positive(&obj, "max_tokens_per_doc")?;
+    let max_chunks_per_doc = opt_positive(&obj, "max_chunks_per_doc")?;
     let raw_scores = opt_bool(&obj, "raw_scores")?.unwrap_or(false);
     let return_documents = if tei {
         opt_bool(&obj, "return_text")?.unwrap_or(false)
@@ -238,6 +239,7 @@ pub fn parse_rerank(value: Value, v2: bool, limits: &Limits) -> Result<RerankInp
         raw_scores,
         truncate,
         max_tokens_per_doc,
+        max_chunks_per_doc,
     })
 }
 
@@ -564,12 +566,14 @@ mod type_tests {
             return_documents: Some(false),
             raw_scores: Some(true),
             max_tokens_per_doc: Some(5),
+            max_chunks_per_doc: Some(2),
             model: Some("m".into()),
         };
         let v = serde_json::to_value(AnyRerankRequest::Rerank(req)).unwrap();
         let p = parse_rerank(v, false, &limits).unwrap();
         assert_eq!(p.shape, Shape::Jina);
         assert_eq!((p.top_n, p.max_tokens_per_doc), (Some(1), Some(5)));
+        assert_eq!(p.max_chunks_per_doc, Some(2));
         assert!(!p.return_documents && p.raw_scores);
         assert_eq!(p.docs[1].title.as_deref(), Some("t"));
         let tei = TeiRequest {

@@ -48,6 +48,9 @@ pub struct RerankInput {
     pub truncate: bool,
     /// Cohere v2 `max_tokens_per_doc`: each document is cut to this many tokens.
     pub max_tokens_per_doc: Option<usize>,
+    /// Cohere `max_chunks_per_doc`: a longer document is cut into up to this
+    /// many chunks and stands by its best one (default 1: read as it comes).
+    pub max_chunks_per_doc: Option<usize>,
 }
 
 impl RerankInput {
@@ -114,6 +117,12 @@ pub struct RerankRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub max_tokens_per_doc: Option<u64>,
+    /// Cut a document longer than the model's passage budget into up to this
+    /// many overlapping chunks; it is ranked by its best chunk (default 1: the
+    /// document is cut to the budget). At most the window size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub max_chunks_per_doc: Option<u64>,
     /// Accepted and ignored: the server serves one model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,

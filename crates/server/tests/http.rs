@@ -73,7 +73,7 @@ impl TestServer {
     }
 }
 
-async fn start(config: ServerConfig, scorer: Overlap) -> TestServer {
+async fn start(config: ServerConfig, scorer: impl WindowScorer + Send + 'static) -> TestServer {
     let server = Server::new(config, Box::new(scorer), None).expect("server");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -255,6 +255,48 @@ async fn sliding_windows_rank_a_long_list_and_scores_stay_comparable() {
     assert_eq!(indices(&body["results"]), vec![40, 30]);
     assert!((body["results"][1]["relevance_score"].as_f64().unwrap() - 44.0 / 45.0).abs() < 1e-12);
     s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn max_chunks_per_doc_ranks_a_long_document_by_its_best_chunk() {
+    use firstrank_server::lexical::LexicalScorer;
+    // The scorer reads 10 words of a document; document 1 is relevant only
+    // in its second 10 words.
+    let scorer = LexicalScorer {
+        passage_words: Some(10),
+        ..Default::default()
+    };
+    let server = start(ServerConfig::default(), scorer).await;
+    let filler = vec!["paris"; 10].join(" ");
+    let long = format!("{filler} fleas live fleas live two weeks {filler}");
+    let body = |chunks: Option<u64>| {
+        let mut b = json!({
+            "query": "how long do fleas live",
+            "documents": ["fleas are small", long, "a dog"],
+        });
+        if let Some(n) = chunks {
+            b["max_chunks_per_doc"] = json!(n);
+        }
+        b
+    };
+    let (status, whole) = post(&server.base, "/v2/rerank", &body(None)).await;
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(indices(&whole["results"])[0], 0);
+    let (status, chunked) = post(&server.base, "/v2/rerank", &body(Some(3))).await;
+    assert_eq!(status, 200, "{chunked}");
+    assert_eq!(indices(&chunked["results"]), vec![1, 0, 2]);
+    // More chunks than a window holds is a 422 naming the field.
+    let (status, err) = post(&server.base, "/v2/rerank", &body(Some(21))).await;
+    assert_eq!(status, 422, "{err}");
+    assert!(err.to_string().contains("max_chunks_per_doc"), "{err}");
+    server.shutdown().await.unwrap();
+
+    // A scorer that cannot cut documents refuses chunking with a 422.
+    let server = start_default().await;
+    let (status, err) = post(&server.base, "/v2/rerank", &body(Some(3))).await;
+    assert_eq!(status, 422, "{err}");
+    assert!(err.to_string().contains("max_chunks_per_doc"), "{err}");
+    server.shutdown().await.unwrap();
 }
 
 #[tokio::test]

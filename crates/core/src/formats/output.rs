@@ -11,10 +11,11 @@
 //!   writes no lines.
 //! - **JSONL**: one line per query,
 //!   `{"query": {"qid", "text"}, "candidates": [{"docid", "score", "model_score"?,
-//!   "original_rank", "first_stage_score", "doc": {"contents", "title"?}}],
+//!   "original_rank", "first_stage_score", "chunk"?, "doc": {"contents", "title"?}}],
 //!   "windows": [{"start", "end", "docids", "scores"}]}`. `score` is the rank
 //!   score (as in the TREC run), `model_score` the raw score of the last window
 //!   that saw the candidate, `original_rank` the 1-based first-stage rank,
+//!   `chunk` the 0-based chunk that stood for a document cut into chunks,
 //!   window `start`/`end` 0-based positions. This is also the request JSONL
 //!   shape, so a result can be read back as input.
 //!
@@ -133,6 +134,9 @@ struct JsonlCandidate<'a> {
     model_score: Option<f32>,
     original_rank: usize,
     first_stage_score: f64,
+    /// 0-based index of the chunk that stood for a chunked document.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunk: Option<usize>,
     doc: JsonlDoc<'a>,
 }
 
@@ -161,6 +165,7 @@ pub fn format_jsonl(outcome: &RerankOutcome) -> Result<String> {
                 model_score: c.model_score,
                 original_rank: c.original_rank + 1,
                 first_stage_score: c.candidate.score,
+                chunk: c.chunk,
                 doc: JsonlDoc {
                     contents: &c.candidate.text,
                     title: c.candidate.title.as_deref(),
