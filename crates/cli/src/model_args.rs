@@ -83,6 +83,55 @@ pub struct LlmArgs {
     /// (the order is the same). The server takes `raw_scores` per request.
     #[arg(long)]
     pub raw_scores: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// The model runs here (CPU, or CUDA with `--device cuda`).
+    Local,
+    /// An OpenAI-compatible server (vLLM, llama.cpp's server) runs it;
+    /// `--model` is the name it serves the model under.
+    Openai,
+}
+
+/// Where the model runs, and how to reach a remote one.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Remote backend")]
+pub struct RemoteArgs {
+    /// Run the model here (`local`) or ask an OpenAI-compatible server
+    /// (`openai`: FIRST through /completions log-probabilities, generation
+    /// through /chat/completions).
+    #[arg(long, value_enum, default_value_t = Backend::Local)]
+    pub backend: Backend,
+    /// The server's API root, e.g. `http://localhost:8000/v1`.
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Environment variable holding the API key (sent as a bearer token
+    /// when it is set).
+    #[arg(long, value_name = "VAR", default_value = "OPENAI_API_KEY")]
+    pub api_key_env: String,
+    /// The served model's chat template, to format prompts here for
+    /// /completions: `chatml`, the model's directory, its
+    /// tokenizer_config.json or a Jinja file. FIRST needs it; generation
+    /// without it goes through /chat/completions.
+    #[arg(long, value_name = "chatml|DIR|FILE")]
+    pub chat_template: Option<String>,
+    /// Seconds to wait for one answer.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub remote_timeout: f64,
+    /// Retries of a request that got 429, 5xx or no answer (exponential
+    /// backoff from 0.5 s, or the server's Retry-After).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub remote_retries: u32,
+    /// Requests in flight at once (the windows of a `--batch-queries` batch).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub remote_concurrency: usize,
+    /// Log-probabilities to ask for per FIRST window (default: the window
+    /// size; identifiers not returned rank last).
+    #[arg(long, value_name = "K")]
+    pub top_logprobs: Option<usize>,
 }
 
 /// An encoder model loaded as a scorer (a bi-encoder or a cross-encoder),
@@ -142,6 +191,9 @@ impl LlmArgs {
         model: &str,
         max_window: usize,
     ) -> Result<Box<dyn firstrank_core::window::WindowScorer + Send>> {
+        if self.remote.backend == Backend::Openai {
+            return Ok(Box::new(self.load_remote(model, max_window)?));
+        }
         if let Some(encoder) = self.load_encoder(model, self.raw_scores)? {
             return Ok(encoder.scorer);
         }
@@ -224,8 +276,63 @@ impl LlmArgs {
         Ok(reranker)
     }
 
+    /// `model` served by the OpenAI-compatible server of `--base-url`.
+    pub fn load_remote(
+        &self,
+        model: &str,
+        max_window: usize,
+    ) -> Result<firstrank_remote::RemoteScorer> {
+        use firstrank_remote::{RemoteConfig, RemoteMode, RemoteScorer};
+        let Some(base_url) = &self.remote.base_url else {
+            bail!("--backend openai needs --base-url (e.g. http://localhost:8000/v1)");
+        };
+        if self.max_passage_tokens.is_some() || self.context_size.is_some() {
+            bail!(
+                "--backend openai has no tokenizer here: cut passages by words (--max-passage-words) \
+                 instead of --max-passage-tokens / --context-size"
+            );
+        }
+        if self.raw_scores {
+            bail!("--raw-scores applies to cross-encoders, not to a remote LLM");
+        }
+        if self.adapter.is_some() {
+            bail!("--adapter applies to a local model; a remote server serves its own weights");
+        }
+        let config = self.config(max_window)?;
+        let mode = match self.mode {
+            ScoringMode::First => RemoteMode::First,
+            ScoringMode::Generate => RemoteMode::Generation,
+        };
+        let mut remote = RemoteConfig::new(base_url.clone(), model, mode);
+        remote.template = config.template;
+        remote.options = config.options;
+        remote.api_key = std::env::var(&self.remote.api_key_env)
+            .ok()
+            .filter(|k| !k.is_empty());
+        remote.chat = self
+            .remote
+            .chat_template
+            .as_deref()
+            .map(firstrank_core::chat::ChatTemplate::load)
+            .transpose()?;
+        if !(self.remote.remote_timeout.is_finite() && self.remote.remote_timeout > 0.0) {
+            bail!("--remote-timeout must be a positive number of seconds");
+        }
+        remote.timeout = std::time::Duration::from_secs_f64(self.remote.remote_timeout);
+        remote.retries = self.remote.remote_retries;
+        remote.concurrency = self.remote.remote_concurrency;
+        remote.top_logprobs = self.remote.top_logprobs;
+        RemoteScorer::new(remote)
+    }
+
     /// Loads the model without any adapter (what training starts from).
     pub fn load_base(&self, model: &str, max_window: usize) -> Result<LlmReranker> {
+        if self.remote.backend == Backend::Openai {
+            bail!(
+                "--backend openai scores through a remote server; this command needs the model here \
+                 (leave --backend at local)"
+            );
+        }
         if let Some(n) = self.threads {
             // candle's CPU kernels use rayon's global pool; set it before first use.
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());

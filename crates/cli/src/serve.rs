@@ -246,6 +246,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None if args.llm.raw_scores => bail!(
             "serve: --raw-scores is a request field here (`raw_scores`: true), not a server flag"
         ),
+        // A remote server: no tokenizer here, so request limits count about
+        // four bytes per token.
+        None if args.llm.remote.backend == crate::model_args::Backend::Openai => {
+            let model = &args.model.model;
+            let remote = args.llm.load_remote(model, args.window)?;
+            (Box::new(remote), None, model.clone())
+        }
         None => match args
             .llm
             .load_encoder(&args.model.model, true)

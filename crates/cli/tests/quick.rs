@@ -190,7 +190,7 @@ fn max_chunks_per_doc_reranks_long_documents_and_refuses_what_cannot_chunk() {
     let input = tmp.path().join("in.jsonl");
     std::fs::write(
         &input,
-        r#"{"query":{"qid":"1","text":"q"},"candidates":[{"docid":"a","score":2,"text":"a b c"},{"docid":"b","score":1,"text":"d e"}]}"#,
+        r#"{"query":{"qid":"1","text":"q"},"candidates":[{"docid":"a","score":2,"doc":{"contents":"a b c"}},{"docid":"b","score":1,"doc":{"contents":"d e"}}]}"#,
     )
     .unwrap();
     let out = tmp.path().join("out.trec");

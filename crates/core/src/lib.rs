@@ -4,6 +4,7 @@
 //! trec_eval-compatible metrics. Compiles in seconds and is tested without models.
 
 pub mod candidate;
+pub mod chat;
 pub mod chunk;
 pub mod error;
 pub mod formats;

@@ -491,30 +491,19 @@ pub fn tokenizer_from_hf_dir(dir: &std::path::Path) -> Result<GgufTokenizer> {
             .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?,
         Err(_) => serde_json::Value::Null,
     };
-    let special = |key: &str| -> Option<(String, u32)> {
-        let v = cfg.get(key)?;
-        let text = v
-            .as_str()
-            .or_else(|| v.get("content").and_then(serde_json::Value::as_str))?;
-        let id = tokenizer.token_to_id(text)?;
-        Some((text.to_string(), id))
-    };
-    let chat_template = match cfg.get("chat_template") {
-        Some(serde_json::Value::String(t)) => Some(t.clone()),
-        Some(serde_json::Value::Array(list)) => list
-            .iter()
-            .find(|t| t.get("name").and_then(serde_json::Value::as_str) == Some("default"))
-            .and_then(|t| t.get("template"))
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_string),
-        _ => None,
+    let chat = firstrank_core::chat::ConfigChat::of(&cfg);
+    let special = |text: Option<String>| -> Option<(String, u32)> {
+        let text = text?;
+        let id = tokenizer.token_to_id(&text)?;
+        Some((text, id))
     };
     // Newer checkpoints keep the template in chat_template.jinja.
-    let chat_template =
-        chat_template.or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
+    let chat_template = chat
+        .template
+        .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
     Ok(GgufTokenizer {
-        bos: special("bos_token"),
-        eos: special("eos_token"),
+        bos: special(chat.bos),
+        eos: special(chat.eos),
         add_bos: cfg
             .get("add_bos_token")
             .and_then(serde_json::Value::as_bool)

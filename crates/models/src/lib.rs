@@ -9,7 +9,8 @@
 pub mod adapter;
 pub mod bert;
 pub mod bundled;
-pub mod chat;
+/// Chat templates live in the pure core (the remote backend renders them too).
+pub use firstrank_core::chat;
 pub mod cpu_alloc;
 pub mod cross_encoder;
 pub mod digest;

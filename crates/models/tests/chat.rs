@@ -127,3 +127,26 @@ fn smollm2_first_prompts_match_fixture() {
 fn gemma3_first_prompts_match_fixture() {
     check("gemma3", "gemma3-270m");
 }
+
+/// The registry's Gemma 3 template (its GGUF has none) renders the turns as Gemma's own.
+#[test]
+fn gemma3_template_shape() {
+    let gemma = firstrank_models::transformer::families::by_name("gemma3").unwrap();
+    let source = gemma.default_chat_template.unwrap();
+    let t = ChatTemplate::new(source, "<bos>", "<eos>").unwrap();
+    assert_eq!(
+        t.first_prompt(Some("SYS"), "  hello \n").unwrap(),
+        "<bos><start_of_turn>user\nSYS\n\nhello<end_of_turn>\n<start_of_turn>model\n["
+    );
+    assert_eq!(
+        t.render(
+            &[
+                firstrank_models::chat::ChatMessage::user("a"),
+                firstrank_models::chat::ChatMessage::assistant("b")
+            ],
+            false
+        )
+        .unwrap(),
+        "<bos><start_of_turn>user\na<end_of_turn>\n<start_of_turn>model\nb<end_of_turn>\n"
+    );
+}

@@ -1,6 +1,8 @@
-//! Chat templates: renders a model's Jinja chat template (from its GGUF `tokenizer.chat_template`,
-//! its tokenizer_config.json, or its model family's standard one) the way transformers'
-//! `apply_chat_template` does, with `minijinja`.
+//! Chat templates: renders a model's Jinja chat template the way transformers'
+//! `apply_chat_template` does, with `minijinja`. The model crate finds a local model's template
+//! (its GGUF `tokenizer.chat_template`, its tokenizer_config.json, or its family's standard one);
+//! [`ChatTemplate::load`] reads one named on the command line (`chatml`, a model directory, a
+//! tokenizer_config.json or a Jinja file), for models served elsewhere.
 //!
 //! Compatibility with transformers' Jinja environment: `trim_blocks` and `lstrip_blocks` are on,
 //! loop controls (`break`/`continue`) are available, the variables are `messages` (list of
@@ -158,6 +160,102 @@ impl ChatTemplate {
     }
 }
 
+/// ChatML (`<|im_start|>role ... <|im_end|>`), the format of Qwen, SmolLM2
+/// and many other instruct models: the built-in template named `chatml`.
+pub const CHATML: &str = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// What a Hugging Face `tokenizer_config.json` says about chat formatting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigChat {
+    /// `chat_template` (a list of named templates gives the one named `default`).
+    pub template: Option<String>,
+    /// The texts of `bos_token` and `eos_token` (strings or `{content}` objects).
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+}
+
+impl ConfigChat {
+    pub fn of(cfg: &serde_json::Value) -> Self {
+        let special = |key: &str| -> Option<String> {
+            let v = cfg.get(key)?;
+            v.as_str()
+                .or_else(|| v.get("content").and_then(serde_json::Value::as_str))
+                .map(str::to_string)
+        };
+        let template = match cfg.get("chat_template") {
+            Some(serde_json::Value::String(t)) => Some(t.clone()),
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(serde_json::Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        };
+        Self {
+            template,
+            bos: special("bos_token"),
+            eos: special("eos_token"),
+        }
+    }
+}
+
+impl ChatTemplate {
+    /// A template named on the command line: `chatml`, a model directory
+    /// (its `tokenizer_config.json`, else `chat_template.jinja`), a
+    /// `tokenizer_config.json`, or a Jinja file.
+    pub fn load(spec: &str) -> Result<Self> {
+        if spec == "chatml" {
+            return Self::new(CHATML, "", "");
+        }
+        let path = std::path::Path::new(spec);
+        let config_file = if path.is_dir() {
+            let cfg = path.join("tokenizer_config.json");
+            if !cfg.is_file() {
+                let jinja = path.join("chat_template.jinja");
+                return Self::from_jinja_file(&jinja);
+            }
+            cfg
+        } else if path.extension().is_some_and(|e| e == "json") {
+            path.to_path_buf()
+        } else {
+            return Self::from_jinja_file(path);
+        };
+        let text = std::fs::read_to_string(&config_file).map_err(|e| {
+            anyhow!(
+                "{}: cannot read the chat template: {e}",
+                config_file.display()
+            )
+        })?;
+        let cfg: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{}: not valid JSON: {e}", config_file.display()))?;
+        let chat = ConfigChat::of(&cfg);
+        let Some(template) = chat.template else {
+            return Err(anyhow!(
+                "{}: has no `chat_template`; give a Jinja file or `chatml`",
+                config_file.display()
+            ));
+        };
+        Self::new(
+            &template,
+            chat.bos.as_deref().unwrap_or(""),
+            chat.eos.as_deref().unwrap_or(""),
+        )
+        .map_err(|e| anyhow!("{}: {e}", config_file.display()))
+    }
+
+    fn from_jinja_file(path: &std::path::Path) -> Result<Self> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            anyhow!(
+                "{}: cannot read the chat template (expected `chatml`, a model directory, a \
+                 tokenizer_config.json or a Jinja file): {e}",
+                path.display()
+            )
+        })?;
+        Self::new(&source, "", "").map_err(|e| anyhow!("{}: {e}", path.display()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,27 +288,34 @@ mod tests {
     }
 
     #[test]
-    fn syntax_error_is_reported() {
-        let err = ChatTemplate::new("{% if %}", "", "").unwrap_err();
-        assert!(err.to_string().contains("does not compile"), "{err}");
+    fn chatml_and_tokenizer_configs_load() {
+        let t = ChatTemplate::load("chatml").unwrap();
+        assert_eq!(
+            t.first_prompt(Some("S"), "U").unwrap(),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n["
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("tokenizer_config.json");
+        std::fs::write(
+            &cfg,
+            r#"{"bos_token": {"content": "<s>"}, "eos_token": "</s>",
+                "chat_template": [{"name": "default", "template": "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"}]}"#,
+        )
+        .unwrap();
+        for spec in [dir.path(), cfg.as_path()] {
+            let t = ChatTemplate::load(spec.to_str().unwrap()).unwrap();
+            assert_eq!(t.chat_prompt(None, "U").unwrap(), "<s>U");
+        }
+        std::fs::write(&cfg, "{}").unwrap();
+        let err = ChatTemplate::load(cfg.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("no `chat_template`"), "{err}");
+        let err = ChatTemplate::load("/nonexistent/t.jinja").unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/t.jinja"), "{err}");
     }
 
     #[test]
-    fn gemma3_template_shape() {
-        let gemma = crate::transformer::families::by_name("gemma3").unwrap();
-        let source = gemma.default_chat_template.unwrap();
-        let t = ChatTemplate::new(source, "<bos>", "<eos>").unwrap();
-        assert_eq!(
-            t.first_prompt(Some("SYS"), "  hello \n").unwrap(),
-            "<bos><start_of_turn>user\nSYS\n\nhello<end_of_turn>\n<start_of_turn>model\n["
-        );
-        assert_eq!(
-            t.render(
-                &[ChatMessage::user("a"), ChatMessage::assistant("b")],
-                false
-            )
-            .unwrap(),
-            "<bos><start_of_turn>user\na<end_of_turn>\n<start_of_turn>model\nb<end_of_turn>\n"
-        );
+    fn syntax_error_is_reported() {
+        let err = ChatTemplate::new("{% if %}", "", "").unwrap_err();
+        assert!(err.to_string().contains("does not compile"), "{err}");
     }
 }
