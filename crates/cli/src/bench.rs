@@ -108,7 +108,7 @@ fn time_mode(
     name: &str,
     windows: &[Request],
 ) -> Result<ModeResult> {
-    reranker.set_mode(mode);
+    reranker.set_mode(mode)?;
     reranker.reset_stats();
     let started = Instant::now();
     for r in windows {
@@ -163,7 +163,7 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
         .collect();
     let mut reranker = args.llm.load(&args.model.model, args.window)?;
     // Warm-up (allocations, kernel selection, CUDA JIT), untimed.
-    reranker.set_mode(ScoringMode::First);
+    reranker.set_mode(ScoringMode::First)?;
     reranker.score_window(&windows[0].query, &windows[0].candidates)?;
     let mut results = Vec::new();
     let mut timed: Vec<(ScoringMode, f64)> = Vec::new();
@@ -181,7 +181,7 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
         let request = requests[0].clone();
         let strategy =
             WindowStrategy::sliding(20.min(args.window), 10.min(args.window / 2).max(1), 100);
-        reranker.set_mode(ScoringMode::First);
+        reranker.set_mode(ScoringMode::First)?;
         let mut run = |enabled: bool| -> Result<(f64, Vec<String>, u64, u64)> {
             reranker.set_prefix_cache(enabled);
             reranker.reset_stats();

@@ -83,6 +83,14 @@ pub struct LlmArgs {
     /// (the order is the same). The server takes `raw_scores` per request.
     #[arg(long)]
     pub raw_scores: bool,
+    /// `--mode pointwise`: the prompt template (`qwen3_reranker`, `yes_no`
+    /// for any chat model, or a TOML file).
+    #[arg(long, default_value = "qwen3_reranker", value_name = "NAME|FILE")]
+    pub pointwise_template: String,
+    /// `--mode pointwise`: the task instruction in the prompt (default: the
+    /// template's).
+    #[arg(long, value_name = "TEXT")]
+    pub instruction: Option<String>,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -181,6 +189,10 @@ impl LlmArgs {
             options,
             context_size: self.context_size,
             max_window,
+            pointwise: firstrank_core::pointwise::PointwiseTemplate::resolve(
+                &self.pointwise_template,
+            )?,
+            instruction: self.instruction.clone(),
         })
     }
 
@@ -251,6 +263,8 @@ impl LlmArgs {
         match &self.adapter {
             Some(dir) if dir.as_os_str() == "none" => Ok(None),
             Some(dir) => Ok(Some(dir.clone())),
+            // The bundled adapters are trained for FIRST's listwise task.
+            None if self.mode == ScoringMode::Pointwise => Ok(None),
             None => match firstrank_models::bundled::bundled_adapter_for(model) {
                 Some(bundled) => {
                     let dir = bundled.ensure_dir()?;
@@ -302,6 +316,9 @@ impl LlmArgs {
         let mode = match self.mode {
             ScoringMode::First => RemoteMode::First,
             ScoringMode::Generate => RemoteMode::Generation,
+            ScoringMode::Pointwise => {
+                bail!("--mode pointwise needs the answer logits of every document: run the model here (--backend local)")
+            }
         };
         let mut remote = RemoteConfig::new(base_url.clone(), model, mode);
         remote.template = config.template;

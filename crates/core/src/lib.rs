@@ -9,6 +9,7 @@ pub mod chunk;
 pub mod error;
 pub mod formats;
 pub mod metrics;
+pub mod pointwise;
 pub mod prompt;
 pub mod qrels;
 pub mod significance;

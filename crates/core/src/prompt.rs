@@ -263,7 +263,7 @@ fn parse_pieces(template: &str) -> std::result::Result<Vec<Piece<'_>>, String> {
     Ok(pieces)
 }
 
-fn placeholders(template: &str) -> std::result::Result<Vec<String>, String> {
+pub(crate) fn placeholders(template: &str) -> std::result::Result<Vec<String>, String> {
     Ok(parse_pieces(template)?
         .into_iter()
         .filter_map(|p| match p {
@@ -276,7 +276,7 @@ fn placeholders(template: &str) -> std::result::Result<Vec<String>, String> {
 /// Fills placeholders in one pass (values are never re-scanned, so a query
 /// containing `{passage}` stays literal). Loaded templates are validated;
 /// for one built in code, unknown placeholders and stray braces stay as text.
-fn fill(template: &str, values: &[(&str, &str)]) -> String {
+pub(crate) fn fill(template: &str, values: &[(&str, &str)]) -> String {
     let Ok(pieces) = parse_pieces(template) else {
         return template.to_string();
     };

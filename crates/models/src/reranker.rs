@@ -9,6 +9,11 @@
 //! * **Generation** (RankZephyr-style baseline): greedy decoding of
 //!   `[X] > [Y] > ...` with a KV cache, parsed with rank_llm's repair; the
 //!   scores are `n - position` in the parsed permutation.
+//! * **Pointwise** (Qwen3-Reranker style): one prompt per (query, document)
+//!   from a pointwise template (core's `pointwise`); the score is p(yes)
+//!   from the logits of the template's two answer tokens at the last
+//!   position. Documents of a window share the prompt up to the document,
+//!   which the KV cache reuses; on CUDA they go through one padded pass.
 //!
 //! Identifiers are verified once at load time: each must be exactly one token
 //! after `[`, or FIRST could not read its logit.
@@ -18,6 +23,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use firstrank_core::pointwise::{yes_probability, PointwiseTemplate};
 use firstrank_core::prompt::{self, ListwisePrompt, PromptOptions, PromptTemplate, TokenCounter};
 use firstrank_core::window::WindowScorer;
 use firstrank_core::{Candidate, Query};
@@ -39,6 +45,9 @@ pub enum ScoringMode {
     /// Generate the whole permutation `[C] > [A] > ...` greedily (RankZephyr-style baseline).
     #[cfg_attr(feature = "clap", value(alias = "generation"))]
     Generate,
+    /// One prompt per document answered yes/no; the score is p(yes)
+    /// (Qwen3-Reranker; `--pointwise-template`, `--instruction`).
+    Pointwise,
 }
 
 impl std::fmt::Display for ScoringMode {
@@ -46,6 +55,7 @@ impl std::fmt::Display for ScoringMode {
         f.write_str(match self {
             ScoringMode::First => "first",
             ScoringMode::Generate => "generate",
+            ScoringMode::Pointwise => "pointwise",
         })
     }
 }
@@ -61,6 +71,10 @@ pub struct RerankerConfig {
     pub context_size: Option<usize>,
     /// The largest window that will be scored (identifiers are checked for it).
     pub max_window: usize,
+    /// The pointwise mode's prompt.
+    pub pointwise: PointwiseTemplate,
+    /// The pointwise mode's instruction (default: the template's).
+    pub instruction: Option<String>,
 }
 
 impl Default for RerankerConfig {
@@ -72,6 +86,9 @@ impl Default for RerankerConfig {
             options: PromptOptions::rank_llm(),
             context_size: None,
             max_window: 20,
+            pointwise: PointwiseTemplate::resolve("qwen3_reranker")
+                .expect("built-in template is valid"),
+            instruction: None,
         }
     }
 }
@@ -97,8 +114,11 @@ pub struct LlmReranker {
     tokenizer: GgufTokenizer,
     chat: ChatTemplate,
     config: RerankerConfig,
-    /// Token id of each identifier (`A`, `B`, ...) as predicted after `[`.
+    /// Token id of each identifier (`A`, `B`, ...) as predicted after `[`
+    /// (empty in pointwise mode).
     identifier_ids: Vec<u32>,
+    /// Pointwise mode: the (yes, no) answer tokens.
+    answer_ids: Option<[u32; 2]>,
     stop_ids: Vec<u32>,
     cache: KvCache,
     /// Reuse the KV cache of the prompt prefix shared with the previous window.
@@ -169,10 +189,18 @@ impl LlmReranker {
         config: RerankerConfig,
         name: String,
     ) -> Result<Self> {
-        let identifiers = config.template.identifiers.identifiers(config.max_window)?;
-        let identifier_ids =
-            identifier_token_ids(&tokenizer, &config.template.assistant_prefix, &identifiers)
+        let (identifier_ids, answer_ids) = if config.mode == ScoringMode::Pointwise {
+            let probe = pointwise_text(&chat, &config.pointwise, None, "query", "document")?;
+            let ids = answer_token_ids(&tokenizer, &probe, &config.pointwise)
                 .with_context(|| format!("model {name}"))?;
+            (Vec::new(), Some(ids))
+        } else {
+            let identifiers = config.template.identifiers.identifiers(config.max_window)?;
+            let ids =
+                identifier_token_ids(&tokenizer, &config.template.assistant_prefix, &identifiers)
+                    .with_context(|| format!("model {name}"))?;
+            (ids, None)
+        };
         let mut stop_ids: Vec<u32> = tokenizer.eos.iter().map(|(_, id)| *id).collect();
         for t in [
             "<end_of_turn>",
@@ -193,6 +221,7 @@ impl LlmReranker {
             chat,
             config,
             identifier_ids,
+            answer_ids,
             stop_ids,
             cache,
             prefix_cache: true,
@@ -231,9 +260,38 @@ impl LlmReranker {
     }
 
     /// Switches between FIRST and generation (the model stays loaded).
-    pub fn set_mode(&mut self, mode: ScoringMode) {
+    /// Fails when the tokenizer cannot serve the new mode (identifiers or
+    /// answer tokens that are not single tokens).
+    pub fn set_mode(&mut self, mode: ScoringMode) -> Result<()> {
+        if mode == ScoringMode::Pointwise && self.answer_ids.is_none() {
+            let probe = pointwise_text(
+                &self.chat,
+                &self.config.pointwise,
+                None,
+                "query",
+                "document",
+            )?;
+            self.answer_ids = Some(answer_token_ids(
+                &self.tokenizer,
+                &probe,
+                &self.config.pointwise,
+            )?);
+        }
+        if mode != ScoringMode::Pointwise && self.identifier_ids.is_empty() {
+            let identifiers = self
+                .config
+                .template
+                .identifiers
+                .identifiers(self.config.max_window)?;
+            self.identifier_ids = identifier_token_ids(
+                &self.tokenizer,
+                &self.config.template.assistant_prefix,
+                &identifiers,
+            )?;
+        }
         self.config.mode = mode;
         self.cache.clear();
+        Ok(())
     }
 
     /// Turns the prefix KV cache on or off (on by default; off recomputes
@@ -288,8 +346,8 @@ impl LlmReranker {
             .context_size
             .unwrap_or(self.model.config().context_length);
         let reserve = match self.config.mode {
-            // The prompt's last position predicts the first identifier.
-            ScoringMode::First => 1,
+            // The prompt's last position predicts the first identifier (or the answer).
+            ScoringMode::First | ScoringMode::Pointwise => 1,
             ScoringMode::Generate => self.max_new_tokens(n)?,
         };
         Ok(context.saturating_sub(reserve))
@@ -346,6 +404,90 @@ impl LlmReranker {
         let text = self.chat_text(&fitted.prompt)?;
         let ids = self.tokenizer.encode_raw(&text)?;
         Ok((text, ids))
+    }
+
+    /// The token ids of one document's pointwise prompt, the document cut
+    /// to `--max-passage-tokens` and to what the context leaves.
+    /// Also says whether the document had to be cut to fit.
+    pub fn pointwise_input(&self, query: &Query, doc: &Candidate) -> Result<(Vec<u32>, bool)> {
+        let counter: &dyn TokenCounter = &self.tokenizer;
+        let mut text = crate::embed::candidate_text(doc);
+        if let Some(max) = self.config.options.max_tokens {
+            if counter.count_tokens(&text)? > max {
+                text = counter.truncate_to_tokens(&text, max)?;
+            }
+        }
+        let budget = self.context_budget(1)?;
+        let render = |doc_text: &str| -> Result<Vec<u32>> {
+            let prompt = pointwise_text(
+                &self.chat,
+                &self.config.pointwise,
+                self.config.instruction.as_deref(),
+                &query.text,
+                doc_text,
+            )?;
+            self.tokenizer.encode_raw(&prompt)
+        };
+        let ids = render(&text)?;
+        if ids.len() <= budget {
+            return Ok((ids, false));
+        }
+        let doc_tokens = counter.count_tokens(&text)?;
+        let over = ids.len() - budget;
+        if over >= doc_tokens {
+            bail!(
+                "query {}: the pointwise prompt without its document is already {} tokens, over the context \
+                 budget of {budget}",
+                query.qid,
+                ids.len() - doc_tokens
+            );
+        }
+        // Cutting can merge tokens at the seam: leave a little slack.
+        let keep = doc_tokens - over;
+        let cut = counter.truncate_to_tokens(&text, keep - 2.min(keep - 1))?;
+        Ok((render(&cut)?, true))
+    }
+
+    /// p(yes) for each document of a window: prompts one by one with the
+    /// KV cache of the shared prefix, or one padded pass when batching.
+    fn pointwise_scores(&mut self, query: &Query, window: &[Candidate]) -> Result<Vec<f32>> {
+        let answers = self
+            .answer_ids
+            .context("the reranker was loaded for another mode; reload it with --mode pointwise")?;
+        let mut inputs = Vec::with_capacity(window.len());
+        for doc in window {
+            let (ids, cut) = self.pointwise_input(query, doc)?;
+            self.stats.shrunk_windows += u64::from(cut);
+            inputs.push(ids);
+        }
+        let before = self.model.forward_calls();
+        let logits: Vec<Vec<f32>> = if self.batch_windows && inputs.len() > 1 {
+            let refs: Vec<&[u32]> = inputs.iter().map(|v| v.as_slice()).collect();
+            let hidden = self.model.forward_batch_last(&refs)?;
+            hidden
+                .iter()
+                .map(|h| self.model.logits_for(h, &answers))
+                .collect::<Result<_>>()?
+        } else {
+            let mut out = Vec::with_capacity(inputs.len());
+            for ids in &inputs {
+                let cached = self
+                    .cache
+                    .common_prefix_len(ids)
+                    .min(ids.len().saturating_sub(1));
+                self.stats.cached_prompt_tokens += cached as u64;
+                out.push(first_logits(
+                    &mut self.model,
+                    &mut self.cache,
+                    ids,
+                    &answers,
+                )?);
+            }
+            out
+        };
+        self.stats.forward_calls += self.model.forward_calls() - before;
+        self.stats.prompt_tokens += inputs.iter().map(|v| v.len() as u64).sum::<u64>();
+        Ok(logits.iter().map(|l| yes_probability(l[0], l[1])).collect())
     }
 
     /// FIRST scores of a tokenized prompt (ending with `[`): one forward pass.
@@ -447,6 +589,13 @@ impl WindowScorer for LlmReranker {
     /// pass when batching is on (the default on CUDA, where it pays; on the
     /// CPU the work is compute-bound and the prefix cache would be lost).
     /// Generation, and single windows, go one by one.
+    fn score_scale(&self) -> firstrank_core::window::ScoreScale {
+        match self.config.mode {
+            ScoringMode::Pointwise => firstrank_core::window::ScoreScale::Probability,
+            _ => firstrank_core::window::ScoreScale::WithinWindow,
+        }
+    }
+
     fn score_windows(&mut self, windows: &[(&Query, &[Candidate])]) -> Result<Vec<Vec<f32>>> {
         if windows.len() < 2 || !self.batch_windows || self.config.mode != ScoringMode::First {
             return windows
@@ -478,6 +627,12 @@ impl WindowScorer for LlmReranker {
         if !self.prefix_cache {
             self.cache.clear();
         }
+        if self.config.mode == ScoringMode::Pointwise {
+            let scores = self.pointwise_scores(query, window)?;
+            self.stats.windows += 1;
+            self.stats.seconds += started.elapsed().as_secs_f64();
+            return Ok(scores);
+        }
         let (_, ids) = self.window_input(query, window)?;
         let n = window.len();
         let scores = match self.config.mode {
@@ -492,11 +647,66 @@ impl WindowScorer for LlmReranker {
                 }
                 scores
             }
+            ScoringMode::Pointwise => unreachable!("scored above"),
         };
         self.stats.windows += 1;
         self.stats.seconds += started.elapsed().as_secs_f64();
         Ok(scores)
     }
+}
+
+/// A pointwise prompt, chat-formatted unless the template is raw.
+fn pointwise_text(
+    chat: &ChatTemplate,
+    template: &PointwiseTemplate,
+    instruction: Option<&str>,
+    query: &str,
+    document: &str,
+) -> Result<String> {
+    let p = template.prompt(instruction, query, document);
+    if template.raw {
+        return Ok(p.text);
+    }
+    let system = (!p.system.is_empty()).then_some(p.system.as_str());
+    chat.chat_prompt(system, &p.text)
+}
+
+/// The (yes, no) tokens whose logits a pointwise template compares: the one
+/// token each answer adds after the prompt `probe`, or else (when the
+/// prompt's last token merges differently with the answer appended, as a
+/// trailing newline can) the answer's own single token, which is how
+/// Qwen3-Reranker's card looks them up (`convert_tokens_to_ids("yes")`).
+fn answer_token_ids(
+    tokenizer: &GgufTokenizer,
+    probe: &str,
+    template: &PointwiseTemplate,
+) -> Result<[u32; 2]> {
+    let base = tokenizer.encode_raw(probe)?;
+    let mut ids = [0u32; 2];
+    for (slot, answer) in ids.iter_mut().zip([&template.yes, &template.no]) {
+        let with = tokenizer.encode_raw(&format!("{probe}{answer}"))?;
+        if with.len() == base.len() + 1 && with.starts_with(&base) {
+            *slot = with[base.len()];
+            continue;
+        }
+        match tokenizer.encode_raw(answer)?.as_slice() {
+            [one] => *slot = *one,
+            pieces => bail!(
+                "pointwise template `{}`: the answer `{answer}` is {} tokens with this tokenizer, after the \
+                 prompt and alone; the score reads one logit per answer, so the template's `yes` / `no` must \
+                 be single tokens",
+                template.name,
+                pieces.len()
+            ),
+        }
+    }
+    if ids[0] == ids[1] {
+        bail!(
+            "pointwise template `{}`: `yes` and `no` are the same token",
+            template.name
+        );
+    }
+    Ok(ids)
 }
 
 /// The token FIRST reads for each identifier: `prefix + id` must tokenize as

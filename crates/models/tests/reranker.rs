@@ -30,6 +30,7 @@ fn reranker(mode: ScoringMode) -> Option<LlmReranker> {
         options: PromptOptions::fixture(),
         context_size: None,
         max_window: 20,
+        ..RerankerConfig::default()
     };
     Some(LlmReranker::assemble(model, tok, chat, config, "smollm2".into()).unwrap())
 }
