@@ -114,3 +114,96 @@ fn raw_scores_write_the_cross_encoders_logit_and_are_refused_elsewhere() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("raw_scores"), "{}", stderr(&o));
 }
+
+fn tiny_qwen3_reranker() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/data/tiny-qwen3-reranker")
+}
+
+/// The pointwise cases of the tiny Qwen3 fixture for `template` and its
+/// first query: (query, documents, p_yes per document).
+fn pointwise_cases(template: &str) -> (String, Vec<String>, Vec<f64>) {
+    let text = std::fs::read_to_string(tiny_qwen3_reranker().join("expected.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let cases: Vec<&Value> = v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["template"] == template)
+        .collect();
+    let query = cases[0]["query"].as_str().unwrap().to_string();
+    let mine: Vec<&&Value> = cases
+        .iter()
+        .filter(|c| c["query"] == query.as_str())
+        .collect();
+    (
+        query,
+        mine.iter()
+            .map(|c| c["document"].as_str().unwrap().to_string())
+            .collect(),
+        mine.iter().map(|c| c["p_yes"].as_f64().unwrap()).collect(),
+    )
+}
+
+#[test]
+fn pointwise_mode_reranks_and_serves_p_yes() {
+    let dir = tiny_qwen3_reranker();
+    // rerank: the generic chat template, documents on the command line.
+    let (query, docs, p_yes) = pointwise_cases("yes_no");
+    let mut args = vec![
+        "rerank".to_string(),
+        "-q".into(),
+        "--model".into(),
+        dir.to_str().unwrap().into(),
+        "--mode".into(),
+        "pointwise".into(),
+        "--pointwise-template".into(),
+        "yes_no".into(),
+        "--weights".into(),
+        "f32".into(),
+        "--query".into(),
+        query.clone(),
+        "--json".into(),
+    ];
+    for d in &docs {
+        args.extend(["--doc".to_string(), d.clone()]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = firstrank(&refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(got.len(), docs.len());
+    for r in &got {
+        let want = p_yes[r["index"].as_u64().unwrap() as usize];
+        assert!((r["score"].as_f64().unwrap() - want).abs() < 1e-4, "{r}");
+    }
+
+    // serve: Qwen3-Reranker's template (the default); relevance_score is p(yes).
+    let (query, docs, p_yes) = pointwise_cases("qwen3_reranker");
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("firstrank"));
+    cmd.args([
+        "serve",
+        "--model",
+        dir.to_str().unwrap(),
+        "--mode",
+        "pointwise",
+        "--weights",
+        "f32",
+        "--port",
+        "0",
+    ]);
+    let (_serving, addr) = spawn_serve(cmd);
+    let answer = request(
+        addr,
+        "POST /v2/rerank",
+        &json!({"query": query, "documents": docs}).to_string(),
+    )
+    .expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let results = body_of(&answer)["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), docs.len());
+    for r in &results {
+        let want = p_yes[r["index"].as_u64().unwrap() as usize];
+        let score = r["relevance_score"].as_f64().unwrap();
+        assert!((score - want).abs() < 1e-4, "{r}");
+    }
+}
