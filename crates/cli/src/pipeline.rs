@@ -732,8 +732,9 @@ pub fn run(args: PipelineArgs, quiet: bool) -> Result<()> {
                             })
                         })
                         .collect::<Result<_>>()?;
+                    let strategy = strategy.for_scale(s.score_scale());
                     let states =
-                        start_chunked(s.as_ref(), strategy, requests, *max_chunks_per_doc)?;
+                        start_chunked(s.as_ref(), &strategy, requests, *max_chunks_per_doc)?;
                     let outcomes = rerank_lockstep(s.as_mut(), states)?;
                     for (outcome, list) in outcomes.into_iter().zip(chunk_l.iter_mut()) {
                         let n = outcome.ranked.len();

@@ -108,6 +108,7 @@ pub fn run(args: &RerankArgs, query: &str, quiet: bool) -> Result<()> {
     // A document's chunks share one window: the model must take that many.
     let max_window = args.window.min(docs.len()).max(args.max_chunks_per_doc);
     let mut scorer = args.llm.load_scorer(&args.model.model, max_window)?;
+    let strategy = strategy.for_scale(scorer.score_scale());
     crate::rerank::check_chunking(scorer.as_ref(), args.window, args.max_chunks_per_doc)?;
     let states = start_chunked(
         scorer.as_ref(),

@@ -335,6 +335,8 @@ pub fn run(mut args: RerankArgs, quiet: bool) -> Result<()> {
     // Open the input first: a bad file fails before any output is touched.
     let requests = open_requests(&spec)?;
     let mut scorer = build_scorer(&args)?;
+    // Scores comparable across windows (cross-encoders, pointwise): one window.
+    let strategy = strategy.for_scale(scorer.score_scale());
     check_chunking(scorer.as_ref(), args.window, args.max_chunks_per_doc)?;
     let mut sink = OutputSink::create(OutputConfig {
         trec: args.output.clone(),

@@ -302,7 +302,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let config = ServerConfig {
         model_name: args.served_model_name.clone().unwrap_or(name),
-        strategy,
+        strategy: strategy.for_scale(scorer.score_scale()),
         limits: Limits {
             max_documents: args.max_documents,
             max_document_bytes: args.max_document_bytes,

@@ -171,6 +171,23 @@ impl WindowStrategy {
         self
     }
 
+    /// The strategy for a scorer whose scores mean `scale`: scores that are
+    /// comparable across windows (a probability or a logit) need no sliding
+    /// window, so the reorderable ranks become one window and every
+    /// document is scored once; listwise scores keep the strategy as it is.
+    pub fn for_scale(self, scale: ScoreScale) -> Self {
+        if scale == ScoreScale::WithinWindow {
+            return self;
+        }
+        let window = self.rank_end - self.rank_start.min(self.rank_end);
+        Self {
+            window: window.max(1),
+            stride: window.max(1),
+            passes: 1,
+            ..self
+        }
+    }
+
     /// Rejects settings that would loop forever or score nothing.
     pub fn validate(&self) -> Result<()> {
         if self.window == 0 {
@@ -632,6 +649,20 @@ mod tests {
             .with_rank_start(10)
             .schedule(100);
         assert_eq!(ranges(&from10), vec![(30, 50), (20, 40), (10, 30)]);
+    }
+
+    #[test]
+    fn absolute_scores_get_one_window_over_the_reorderable_ranks() {
+        let s = WindowStrategy::sliding(20, 10, 100).with_passes(2);
+        assert_eq!(s.for_scale(ScoreScale::WithinWindow), s);
+        let one = s.for_scale(ScoreScale::Probability);
+        assert_eq!(ranges(&one.schedule(100)), vec![(0, 100)]);
+        assert_eq!(ranges(&one.schedule(30)), vec![(0, 30)]);
+        let from5 = WindowStrategy::sliding(20, 10, 50).with_rank_start(5);
+        assert_eq!(
+            ranges(&from5.for_scale(ScoreScale::Logit).schedule(100)),
+            vec![(5, 50)]
+        );
     }
 
     #[test]

@@ -267,7 +267,7 @@ async fn max_chunks_per_doc_ranks_a_long_document_by_its_best_chunk() {
         ..Default::default()
     };
     let server = start(ServerConfig::default(), scorer).await;
-    let filler = vec!["paris"; 10].join(" ");
+    let filler = ["paris"; 10].join(" ");
     let long = format!("{filler} fleas live fleas live two weeks {filler}");
     let body = |chunks: Option<u64>| {
         let mut b = json!({
