@@ -12,35 +12,9 @@
 //! chunks).
 
 use crate::prompt::TokenCounter;
+pub use crate::window::{PassageBudget, MIN_CHUNK_TOKENS};
 use crate::window::{QueryRerank, WindowScorer, WindowStrategy};
 use crate::{Error, Request, Result};
-
-/// How many tokens of one passage a model reads, for sizing chunks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PassageBudget {
-    /// Tokens of passage text the model reads.
-    pub tokens: usize,
-    /// The budget is shared with the query (a cross-encoder reads the pair
-    /// in one sequence), so a chunk gets `tokens` minus the query's tokens.
-    pub shared_with_query: bool,
-}
-
-/// The fewest tokens a chunk is given however long the query is (when the
-/// budget is shared with it).
-pub const MIN_CHUNK_TOKENS: usize = 16;
-
-impl PassageBudget {
-    /// Tokens per chunk for a query of `query_tokens` tokens.
-    pub fn chunk_tokens(&self, query_tokens: usize) -> usize {
-        if self.shared_with_query {
-            self.tokens
-                .saturating_sub(query_tokens)
-                .max(MIN_CHUNK_TOKENS.min(self.tokens))
-        } else {
-            self.tokens.max(1)
-        }
-    }
-}
 
 /// Tokens two neighbouring chunks share: an eighth of the chunk, so a
 /// sentence cut at one chunk's end is whole at the next one's start.
@@ -226,6 +200,80 @@ fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::window::{rerank, rerank_lockstep};
+    use crate::{Candidate, Query};
+
+    fn request(n: usize) -> Request {
+        Request {
+            query: Query {
+                qid: "q1".into(),
+                text: "query".into(),
+            },
+            candidates: (0..n)
+                .map(|i| Candidate {
+                    docid: format!("d{i}"),
+                    score: (n - i) as f64,
+                    title: None,
+                    text: format!("passage {i}"),
+                })
+                .collect(),
+        }
+    }
+
+    /// Scores a passage by how often its first 10 words say "flea": a
+    /// deterministic pointwise scorer that, like a model, reads a passage
+    /// only up to its budget.
+    struct Fleas;
+    impl WindowScorer for Fleas {
+        fn score_window(&mut self, _q: &Query, w: &[Candidate]) -> anyhow::Result<Vec<f32>> {
+            Ok(w.iter()
+                .map(|c| {
+                    let read: Vec<&str> = c.text.split_whitespace().take(10).collect();
+                    read.join(" ").matches("flea").count() as f32
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn a_long_document_is_scored_by_its_best_chunk() {
+        let filler = |n: usize| vec!["paris"; n].join(" ");
+        let mut req = request(3);
+        // Three chunks of 10 words; the middle one is the relevant one.
+        req.candidates[2].text = format!(
+            "{} {} {}",
+            filler(10),
+            "flea flea flea fleas live weeks on a host",
+            filler(11)
+        );
+        req.candidates[0].text = "one flea".into();
+        let whole = req.candidates[2].text.clone();
+        let budget = PassageBudget {
+            tokens: 10,
+            shared_with_query: false,
+        };
+        let chunks = chunk_request(&WordTokens, budget, &req, 3).unwrap();
+        assert_eq!(chunks[2].len(), 3);
+        assert!(chunks[2][1].contains("fleas live"));
+        let strategy = WindowStrategy::single(3);
+        let state = QueryRerank::new(req.clone(), &strategy)
+            .with_chunks(chunks)
+            .unwrap();
+        assert_eq!(state.windows_left(), 2);
+        let out = rerank_lockstep(&mut Fleas, vec![state]).unwrap().remove(0);
+        assert_eq!(out.ranked[0].original_rank, 2);
+        assert_eq!(out.ranked[0].chunk, Some(1));
+        assert_eq!(out.ranked[0].model_score, Some(4.0));
+        // The output carries the whole document, not the chunk.
+        assert_eq!(out.ranked[0].candidate.text, whole);
+        assert_eq!(out.ranked[1].original_rank, 0);
+        assert_eq!(out.ranked[1].chunk, None);
+        // Without chunks the document is read from its start and loses.
+        let plain = rerank(&mut Fleas, &strategy, req).unwrap();
+        assert_eq!(plain.ranked[0].original_rank, 0);
+        assert_eq!(plain.ranked[2].model_score, Some(0.0));
+    }
 
     fn words(n: usize) -> String {
         (0..n)

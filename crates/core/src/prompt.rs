@@ -39,7 +39,7 @@ pub trait TokenCounter {
     /// than `max_tokens` tokens.
     fn truncate_to_tokens(&self, text: &str, max_tokens: usize) -> anyhow::Result<String>;
     /// Each token's `[start, end)` byte range in `text`, in order (for cutting
-    /// long documents into chunks on token boundaries, [`crate::chunk`]).
+    /// long documents into chunks on token boundaries, the `chunk` module).
     fn token_spans(&self, text: &str) -> anyhow::Result<Vec<(usize, usize)>> {
         let _ = text;
         anyhow::bail!(
