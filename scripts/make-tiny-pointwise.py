@@ -55,6 +55,7 @@ QWEN_INSTRUCTION = "Given a web search query, retrieve relevant passages that an
 # The generic template's messages.
 YES_NO_SYSTEM = "You judge whether a document is relevant to a search query. Answer only \"yes\" or \"no\"."
 YES_NO_INSTRUCTION = "Find passages that answer the query"
+CUSTOM_INSTRUCTION = "Find passages about insects"
 
 CASES = [
     ("how long do fleas live", [
@@ -151,6 +152,14 @@ def main():
                 ids, p_yes, ly, ln = score(prompt)
                 cases.append({"template": template, "query": query, "document": doc, "prompt": prompt,
                               "input_ids": ids, "p_yes": p_yes, "logit_yes": ly, "logit_no": ln})
+    # A request's own instruction (the API's `instruction` field).
+    query, docs = CASES[0]
+    for doc in docs:
+        prompt = qwen_prompt(query, doc, instruction=CUSTOM_INSTRUCTION)
+        ids, p_yes, ly, ln = score(prompt)
+        cases.append({"template": "qwen3_reranker", "instruction": CUSTOM_INSTRUCTION, "query": query,
+                      "document": doc, "prompt": prompt, "input_ids": ids, "p_yes": p_yes,
+                      "logit_yes": ly, "logit_no": ln})
     model.to(torch.bfloat16).save_pretrained(OUT, safe_serialization=True)
     for extra in os.listdir(OUT):
         if extra not in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):

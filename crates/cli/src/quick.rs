@@ -92,6 +92,7 @@ pub fn run(args: &RerankArgs, query: &str, quiet: bool) -> Result<()> {
         query: Query {
             qid: "query".into(),
             text: query.to_string(),
+            instruction: None,
         },
         candidates: docs
             .iter()

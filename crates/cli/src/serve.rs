@@ -180,6 +180,7 @@ fn warm_up(scorer: &mut dyn WindowScorer, window: usize) -> Result<f64> {
     let query = Query {
         qid: "warm-up".into(),
         text: "which bridges cross the river".into(),
+        instruction: None,
     };
     let started = Instant::now();
     scorer

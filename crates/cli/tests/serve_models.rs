@@ -128,7 +128,7 @@ fn pointwise_cases(template: &str) -> (String, Vec<String>, Vec<f64>) {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|c| c["template"] == template)
+        .filter(|c| c["template"] == template && c.get("instruction").is_none())
         .collect();
     let query = cases[0]["query"].as_str().unwrap().to_string();
     let mine: Vec<&&Value> = cases
@@ -206,4 +206,70 @@ fn pointwise_mode_reranks_and_serves_p_yes() {
         let score = r["relevance_score"].as_f64().unwrap();
         assert!((score - want).abs() < 1e-4, "{r}");
     }
+
+    // A request's own instruction replaces the template's.
+    let (instruction, custom) = custom_instruction_cases();
+    let answer = request(
+        addr,
+        "POST /v2/rerank",
+        &json!({"query": query, "documents": docs, "instruction": instruction}).to_string(),
+    )
+    .expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for r in body_of(&answer)["results"].as_array().unwrap() {
+        let want = custom[r["index"].as_u64().unwrap() as usize];
+        assert!(
+            (r["relevance_score"].as_f64().unwrap() - want).abs() < 1e-4,
+            "{r}"
+        );
+    }
+
+    // And `rerank --instruction` does the same.
+    let mut args = vec![
+        "rerank".to_string(),
+        "-q".into(),
+        "--model".into(),
+        dir.to_str().unwrap().into(),
+        "--mode".into(),
+        "pointwise".into(),
+        "--weights".into(),
+        "f32".into(),
+        "--instruction".into(),
+        instruction.clone(),
+        "--query".into(),
+        query.clone(),
+        "--json".into(),
+    ];
+    for d in &docs {
+        args.extend(["--doc".to_string(), d.clone()]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = firstrank(&refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    for r in &got {
+        let want = custom[r["index"].as_u64().unwrap() as usize];
+        assert!((r["score"].as_f64().unwrap() - want).abs() < 1e-4, "{r}");
+    }
+}
+
+/// The fixture's cases with a custom instruction (Qwen3-Reranker's template,
+/// its first query): the instruction and p_yes per document.
+fn custom_instruction_cases() -> (String, Vec<f64>) {
+    let text = std::fs::read_to_string(tiny_qwen3_reranker().join("expected.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let cases: Vec<&Value> = v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c.get("instruction").is_some())
+        .collect();
+    assert!(
+        !cases.is_empty(),
+        "the fixture has custom-instruction cases"
+    );
+    (
+        cases[0]["instruction"].as_str().unwrap().to_string(),
+        cases.iter().map(|c| c["p_yes"].as_f64().unwrap()).collect(),
+    )
 }

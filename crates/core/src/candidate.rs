@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 pub struct Query {
     pub qid: String,
     pub text: String,
+    /// A task instruction for the pointwise mode's prompt (the API's
+    /// `instruction`); `None` uses the scorer's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<String>,
 }
 
 /// One first-stage candidate passage.

@@ -209,6 +209,7 @@ mod tests {
             query: Query {
                 qid: "q1".into(),
                 text: "query".into(),
+                instruction: None,
             },
             candidates: (0..n)
                 .map(|i| Candidate {

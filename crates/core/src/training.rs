@@ -474,6 +474,7 @@ mod tests {
             query: Query {
                 qid: "q1".into(),
                 text: "what is rust".into(),
+                instruction: None,
             },
             candidates: (0..4)
                 .map(|i| Candidate {

@@ -600,6 +600,7 @@ mod tests {
             query: Query {
                 qid: "q1".into(),
                 text: "query".into(),
+                instruction: None,
             },
             candidates: (0..n)
                 .map(|i| Candidate {

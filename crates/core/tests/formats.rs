@@ -70,6 +70,7 @@ fn expected_fixture_requests() -> Vec<Request> {
             query: Query {
                 qid: "101".into(),
                 text: "what is a flea".into(),
+                instruction: None,
             },
             candidates: vec![
                 c("d1", 12.5, None, "Fleas are small insects."),
@@ -81,6 +82,7 @@ fn expected_fixture_requests() -> Vec<Request> {
             query: Query {
                 qid: "q2".into(),
                 text: "single hit query".into(),
+                instruction: None,
             },
             candidates: vec![c("x9", 1.0, None, "Only one passage.")],
         },
@@ -691,6 +693,7 @@ fn request(qid: &str, n: usize) -> Request {
         query: Query {
             qid: qid.into(),
             text: format!("query {qid}"),
+            instruction: None,
         },
         candidates: (0..n)
             .map(|i| Candidate {

@@ -117,7 +117,11 @@ fn request() -> impl Strategy<Value = Request> {
         proptest::collection::vec((text, proptest::option::of(text), -1e6f64..1e6), 12),
     )
         .prop_map(|(qid, query, docids, texts)| Request {
-            query: Query { qid, text: query },
+            query: Query {
+                qid,
+                text: query,
+                instruction: None,
+            },
             candidates: docids
                 .into_iter()
                 .zip(texts)

@@ -422,7 +422,10 @@ impl LlmReranker {
             let prompt = pointwise_text(
                 &self.chat,
                 &self.config.pointwise,
-                self.config.instruction.as_deref(),
+                query
+                    .instruction
+                    .as_deref()
+                    .or(self.config.instruction.as_deref()),
                 &query.text,
                 doc_text,
             )?;

@@ -86,6 +86,7 @@ fn the_scorer_ranks_by_score() {
     let query = Query {
         qid: "q".into(),
         text: "how long do fleas live".into(),
+        instruction: None,
     };
     let window: Vec<Candidate> = cases
         .iter()
@@ -170,6 +171,7 @@ fn a_long_document_takes_its_best_chunks_score_on_real_token_boundaries() {
         query: Query {
             qid: "q".into(),
             text: "how long do fleas live".into(),
+            instruction: None,
         },
         candidates: [long.as_str(), sentences[1]]
             .iter()

@@ -25,6 +25,7 @@ fn query() -> Query {
     Query {
         qid: "q1".into(),
         text: "how long do fleas live".into(),
+        instruction: None,
     }
 }
 

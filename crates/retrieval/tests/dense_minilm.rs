@@ -77,6 +77,7 @@ fn dense_and_hybrid_retrieval() {
     let query = Query {
         qid: "q".into(),
         text: "how long is life cycle of flea".into(),
+        instruction: None,
     };
     let retriever = Retriever::open(&idx)
         .unwrap()

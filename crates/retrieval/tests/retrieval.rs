@@ -23,6 +23,7 @@ fn q(qid: &str, text: &str) -> Query {
     Query {
         qid: qid.into(),
         text: text.into(),
+        instruction: None,
     }
 }
 

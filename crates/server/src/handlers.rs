@@ -578,6 +578,7 @@ async fn batch_inner(
                 truncate: false,
                 max_tokens_per_doc: None,
                 max_chunks_per_doc: None,
+                instruction: None,
             };
             per_query.push((
                 r.query.qid.clone(),

@@ -220,6 +220,17 @@ pub fn parse_rerank(value: Value, v2: bool, limits: &Limits) -> Result<RerankInp
     let top_n = opt_positive(&obj, "top_n")?;
     let max_tokens_per_doc = opt_positive(&obj, "max_tokens_per_doc")?;
     let max_chunks_per_doc = opt_positive(&obj, "max_chunks_per_doc")?;
+    let instruction = opt_string(&obj, "instruction")?.map(str::to_string);
+    if let Some(i) = instruction
+        .as_ref()
+        .filter(|i| i.len() > limits.max_document_bytes)
+    {
+        return Err(ApiError::too_large(format!(
+            "`instruction` is {} bytes; the limit is {} bytes (--max-document-bytes)",
+            i.len(),
+            limits.max_document_bytes
+        )));
+    }
     let raw_scores = opt_bool(&obj, "raw_scores")?.unwrap_or(false);
     let return_documents = if tei {
         opt_bool(&obj, "return_text")?.unwrap_or(false)
@@ -240,6 +251,7 @@ pub fn parse_rerank(value: Value, v2: bool, limits: &Limits) -> Result<RerankInp
         truncate,
         max_tokens_per_doc,
         max_chunks_per_doc,
+        instruction,
     })
 }
 
@@ -353,7 +365,11 @@ fn parse_rankllm_request(v: &Value, i: usize, limits: &Limits) -> Result<Request
         });
     }
     Ok(Request {
-        query: Query { qid, text },
+        query: Query {
+            qid,
+            text,
+            instruction: None,
+        },
         candidates,
     })
 }
@@ -567,6 +583,7 @@ mod type_tests {
             raw_scores: Some(true),
             max_tokens_per_doc: Some(5),
             max_chunks_per_doc: Some(2),
+            instruction: Some("Find recipes".into()),
             model: Some("m".into()),
         };
         let v = serde_json::to_value(AnyRerankRequest::Rerank(req)).unwrap();
@@ -574,6 +591,10 @@ mod type_tests {
         assert_eq!(p.shape, Shape::Jina);
         assert_eq!((p.top_n, p.max_tokens_per_doc), (Some(1), Some(5)));
         assert_eq!(p.max_chunks_per_doc, Some(2));
+        assert_eq!(
+            p.to_request().query.instruction.as_deref(),
+            Some("Find recipes")
+        );
         assert!(!p.return_documents && p.raw_scores);
         assert_eq!(p.docs[1].title.as_deref(), Some("t"));
         let tei = TeiRequest {

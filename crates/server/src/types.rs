@@ -51,6 +51,8 @@ pub struct RerankInput {
     /// Cohere `max_chunks_per_doc`: a longer document is cut into up to this
     /// many chunks and stands by its best one (default 1: read as it comes).
     pub max_chunks_per_doc: Option<usize>,
+    /// The pointwise mode's task instruction for this request.
+    pub instruction: Option<String>,
 }
 
 impl RerankInput {
@@ -62,6 +64,7 @@ impl RerankInput {
             query: Query {
                 qid: "0".into(),
                 text: self.query.clone(),
+                instruction: self.instruction.clone(),
             },
             candidates: self
                 .docs
@@ -123,6 +126,11 @@ pub struct RerankRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub max_chunks_per_doc: Option<u64>,
+    /// The task instruction of a pointwise model's prompt (`--mode
+    /// pointwise`; default: the server's `--instruction` or the template's).
+    /// Other models ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<String>,
     /// Accepted and ignored: the server serves one model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,

@@ -894,6 +894,7 @@ async fn default_model_over_http_matches_the_library() {
         query: Query {
             qid: "0".into(),
             text: "What is the capital of France?".into(),
+            instruction: None,
         },
         candidates: docs
             .iter()

@@ -103,6 +103,7 @@ fn training_examples_line_up_with_first_inference() {
     let q = Query {
         qid: "a".into(),
         text: QUERY_A.into(),
+        instruction: None,
     };
     let (_, inference_ids) = r2.window_input(&q, &window(&PASSAGES_A)).unwrap();
     assert_eq!(&ex.tokens[..=ex.rank_position], inference_ids.as_slice());
@@ -385,10 +386,12 @@ fn small_model_overfits_two_lists_and_the_adapter_reloads() {
     let q_a = Query {
         qid: "a".into(),
         text: QUERY_A.into(),
+        instruction: None,
     };
     let q_b = Query {
         qid: "b".into(),
         text: QUERY_B.into(),
+        instruction: None,
     };
     let mut zero = reranker(WeightMode::Quantized).unwrap();
     let argmax = |s: &[f32]| {

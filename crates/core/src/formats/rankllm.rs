@@ -117,7 +117,15 @@ fn convert_record(path: &Path, index: usize, raw: RawRecord) -> Result<Option<Re
         );
         return Ok(None);
     };
-    Ok(Some(finish_request(Query { qid, text }, candidates, path)))
+    Ok(Some(finish_request(
+        Query {
+            qid,
+            text,
+            instruction: None,
+        },
+        candidates,
+        path,
+    )))
 }
 
 struct RecordsVisitor<'a> {
@@ -308,7 +316,15 @@ fn convert_request(path: &Path, line: usize, raw: RawRequest) -> Result<Request>
             text: body,
         });
     }
-    Ok(finish_request(Query { qid, text }, candidates, path))
+    Ok(finish_request(
+        Query {
+            qid,
+            text,
+            instruction: None,
+        },
+        candidates,
+        path,
+    ))
 }
 
 struct JsonlRequests {

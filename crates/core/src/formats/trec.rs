@@ -203,6 +203,7 @@ pub fn read_topics(path: &Path) -> Result<Vec<Query>> {
         out.push(Query {
             qid: qid.to_owned(),
             text: text.trim().to_owned(),
+            instruction: None,
         });
     }
     Ok(out)
@@ -366,7 +367,15 @@ pub(crate) fn open_run_with_texts(
             });
         }
         let text = topics[&q.qid].clone();
-        requests.push(finish_request(Query { qid: q.qid, text }, candidates, run));
+        requests.push(finish_request(
+            Query {
+                qid: q.qid,
+                text,
+                instruction: None,
+            },
+            candidates,
+            run,
+        ));
     }
     Ok(Box::new(requests.into_iter().map(Ok)))
 }

@@ -191,6 +191,7 @@ pub fn window_request(w: &Value) -> (firstrank_core::Query, Vec<firstrank_core::
     let query = firstrank_core::Query {
         qid: w["qid"].to_string(),
         text: w["query"].as_str().unwrap().to_string(),
+        instruction: None,
     };
     let cands = w["docids"]
         .as_array()
