@@ -442,7 +442,7 @@ impl LlmReranker {
                 "query {}: the pointwise prompt without its document is already {} tokens, over the context \
                  budget of {budget}",
                 query.qid,
-                ids.len() - doc_tokens
+                ids.len().saturating_sub(doc_tokens)
             );
         }
         // Cutting can merge tokens at the seam: leave a little slack.
