@@ -6,7 +6,7 @@ mod support;
 use std::io::Write;
 use std::process::{Command as StdCommand, Stdio};
 
-use support::{firstrank, model_available, stderr, stdout};
+use support::{firstrank, model_available, rerank_docs, stderr, stdout};
 
 #[test]
 fn documents_on_the_command_line_come_back_ranked_as_json_and_as_a_table() {
@@ -117,19 +117,11 @@ fn a_cross_encoder_directory_reranks() {
         .join("../models/tests/data/tiny-cross-encoder");
     let expected: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let o = firstrank(&[
-        "rerank",
-        "-q",
-        "--model",
-        dir.to_str().unwrap(),
-        "--query",
-        "how long do fleas live",
-        "--doc",
+    let docs = [
         expected[0]["document"].as_str().unwrap(),
-        "--doc",
         expected[1]["document"].as_str().unwrap(),
-        "--json",
-    ]);
+    ];
+    let o = rerank_docs(&dir, "how long do fleas live", &docs, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let got: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
     let (s0, s1) = (
@@ -154,21 +146,12 @@ fn max_chunks_per_doc_reranks_long_documents_and_refuses_what_cannot_chunk() {
         .join("../models/tests/data/tiny-cross-encoder");
     let long = "The adult flea lives for two to three months on a host. ".repeat(12);
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "rerank",
-            "-q",
-            "--model",
-            dir.to_str().unwrap(),
-            "--query",
+        rerank_docs(
+            &dir,
             "how long do fleas live",
-            "--doc",
-            &long,
-            "--doc",
-            "Paris is in France",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        firstrank(&args)
+            &[&long, "Paris is in France"],
+            extra,
+        )
     };
     let o = run(&["--max-chunks-per-doc", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));

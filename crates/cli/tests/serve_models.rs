@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::{json, Value};
-use support::{firstrank, request, spawn_serve, stderr, stdout};
+use support::{firstrank, request, rerank_docs, spawn_serve, stderr, stdout};
 
 fn tiny_cross_encoder() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/data/tiny-cross-encoder")
@@ -90,18 +90,12 @@ fn serve_answers_with_a_cross_encoders_probabilities() {
 fn raw_scores_write_the_cross_encoders_logit_and_are_refused_elsewhere() {
     let dir = tiny_cross_encoder();
     let c = &expected()[0];
-    let o = firstrank(&[
-        "rerank",
-        "-q",
-        "--model",
-        dir.to_str().unwrap(),
-        "--query",
+    let o = rerank_docs(
+        &dir,
         c["query"].as_str().unwrap(),
-        "--doc",
-        c["document"].as_str().unwrap(),
-        "--json",
-        "--raw-scores",
-    ]);
+        &[c["document"].as_str().unwrap()],
+        &["--raw-scores"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let got: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
     let want = c["logit"].as_f64().unwrap();
@@ -149,26 +143,14 @@ fn pointwise_mode_reranks_and_serves_p_yes() {
     let dir = tiny_qwen3_reranker();
     // rerank: the generic chat template, documents on the command line.
     let (query, docs, p_yes) = pointwise_cases("yes_no");
-    let mut args = vec![
-        "rerank".to_string(),
-        "-q".into(),
-        "--model".into(),
-        dir.to_str().unwrap().into(),
-        "--mode".into(),
-        "pointwise".into(),
-        "--pointwise-template".into(),
-        "yes_no".into(),
-        "--weights".into(),
-        "f32".into(),
-        "--query".into(),
-        query.clone(),
-        "--json".into(),
-    ];
-    for d in &docs {
-        args.extend(["--doc".to_string(), d.clone()]);
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = firstrank(&refs);
+    let pointwise = ["--mode", "pointwise", "--weights", "f32"];
+    let doc_refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+    let o = rerank_docs(
+        &dir,
+        &query,
+        &doc_refs,
+        &[&pointwise[..], &["--pointwise-template", "yes_no"]].concat(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let got: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(got.len(), docs.len());
@@ -225,26 +207,13 @@ fn pointwise_mode_reranks_and_serves_p_yes() {
     }
 
     // And `rerank --instruction` does the same.
-    let mut args = vec![
-        "rerank".to_string(),
-        "-q".into(),
-        "--model".into(),
-        dir.to_str().unwrap().into(),
-        "--mode".into(),
-        "pointwise".into(),
-        "--weights".into(),
-        "f32".into(),
-        "--instruction".into(),
-        instruction.clone(),
-        "--query".into(),
-        query.clone(),
-        "--json".into(),
-    ];
-    for d in &docs {
-        args.extend(["--doc".to_string(), d.clone()]);
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = firstrank(&refs);
+    let doc_refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+    let o = rerank_docs(
+        &dir,
+        &query,
+        &doc_refs,
+        &[&pointwise[..], &["--instruction", &instruction]].concat(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let got: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
     for r in &got {

@@ -201,26 +201,9 @@ fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
 mod tests {
     use super::*;
 
+    use crate::window::tests::request;
     use crate::window::{rerank, rerank_lockstep};
     use crate::{Candidate, Query};
-
-    fn request(n: usize) -> Request {
-        Request {
-            query: Query {
-                qid: "q1".into(),
-                text: "query".into(),
-                instruction: None,
-            },
-            candidates: (0..n)
-                .map(|i| Candidate {
-                    docid: format!("d{i}"),
-                    score: (n - i) as f64,
-                    title: None,
-                    text: format!("passage {i}"),
-                })
-                .collect(),
-        }
-    }
 
     /// Scores a passage by how often its first 10 words say "flea": a
     /// deterministic pointwise scorer that, like a model, reads a passage

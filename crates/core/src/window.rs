@@ -591,11 +591,13 @@ pub fn rerank_lockstep<S: WindowScorer + ?Sized>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn request(n: usize) -> Request {
+    /// A query with `n` candidates `d0`.. in first-stage order (also for
+    /// the chunk module's tests).
+    pub(crate) fn request(n: usize) -> Request {
         Request {
             query: Query {
                 qid: "q1".into(),

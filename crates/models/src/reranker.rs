@@ -190,15 +190,12 @@ impl LlmReranker {
         name: String,
     ) -> Result<Self> {
         let (identifier_ids, answer_ids) = if config.mode == ScoringMode::Pointwise {
-            let probe = pointwise_text(&chat, &config.pointwise, None, "query", "document")?;
-            let ids = answer_token_ids(&tokenizer, &probe, &config.pointwise)
+            let ids = answer_token_ids(&tokenizer, &chat, &config.pointwise)
                 .with_context(|| format!("model {name}"))?;
             (Vec::new(), Some(ids))
         } else {
-            let identifiers = config.template.identifiers.identifiers(config.max_window)?;
-            let ids =
-                identifier_token_ids(&tokenizer, &config.template.assistant_prefix, &identifiers)
-                    .with_context(|| format!("model {name}"))?;
+            let ids = window_identifier_ids(&tokenizer, &config)
+                .with_context(|| format!("model {name}"))?;
             (ids, None)
         };
         let mut stop_ids: Vec<u32> = tokenizer.eos.iter().map(|(_, id)| *id).collect();
@@ -264,30 +261,14 @@ impl LlmReranker {
     /// answer tokens that are not single tokens).
     pub fn set_mode(&mut self, mode: ScoringMode) -> Result<()> {
         if mode == ScoringMode::Pointwise && self.answer_ids.is_none() {
-            let probe = pointwise_text(
-                &self.chat,
-                &self.config.pointwise,
-                None,
-                "query",
-                "document",
-            )?;
             self.answer_ids = Some(answer_token_ids(
                 &self.tokenizer,
-                &probe,
+                &self.chat,
                 &self.config.pointwise,
             )?);
         }
         if mode != ScoringMode::Pointwise && self.identifier_ids.is_empty() {
-            let identifiers = self
-                .config
-                .template
-                .identifiers
-                .identifiers(self.config.max_window)?;
-            self.identifier_ids = identifier_token_ids(
-                &self.tokenizer,
-                &self.config.template.assistant_prefix,
-                &identifiers,
-            )?;
+            self.identifier_ids = window_identifier_ids(&self.tokenizer, &self.config)?;
         }
         self.config.mode = mode;
         self.cache.clear();
@@ -674,17 +655,25 @@ fn pointwise_text(
     chat.chat_prompt(system, &p.text)
 }
 
+/// The identifier tokens of the listwise template for windows up to
+/// `config.max_window`.
+fn window_identifier_ids(tokenizer: &GgufTokenizer, config: &RerankerConfig) -> Result<Vec<u32>> {
+    let identifiers = config.template.identifiers.identifiers(config.max_window)?;
+    identifier_token_ids(tokenizer, &config.template.assistant_prefix, &identifiers)
+}
+
 /// The (yes, no) tokens whose logits a pointwise template compares: the one
-/// token each answer adds after the prompt `probe`, or else (when the
-/// prompt's last token merges differently with the answer appended, as a
-/// trailing newline can) the answer's own single token, which is how
-/// Qwen3-Reranker's card looks them up (`convert_tokens_to_ids("yes")`).
+/// token each answer adds after a probe prompt of the template, or else
+/// (when the prompt's last token merges differently with the answer
+/// appended, as a trailing newline can) the answer's own single token, which
+/// is how Qwen3-Reranker's card looks them up (`convert_tokens_to_ids("yes")`).
 fn answer_token_ids(
     tokenizer: &GgufTokenizer,
-    probe: &str,
+    chat: &ChatTemplate,
     template: &PointwiseTemplate,
 ) -> Result<[u32; 2]> {
-    let base = tokenizer.encode_raw(probe)?;
+    let probe = pointwise_text(chat, template, None, "query", "document")?;
+    let base = tokenizer.encode_raw(&probe)?;
     let mut ids = [0u32; 2];
     for (slot, answer) in ids.iter_mut().zip([&template.yes, &template.no]) {
         let with = tokenizer.encode_raw(&format!("{probe}{answer}"))?;

@@ -251,29 +251,23 @@ impl RemoteScorer {
         let n = window.len();
         // "[T] > " is at most 5 tokens for the usual tokenizers.
         let max_tokens = 5 * n + 8;
-        let text = match &self.config.chat {
-            Some(chat) => {
-                let body = json!({
+        // With a chat template the prompt is formatted here (/completions);
+        // otherwise the server formats the messages (/chat/completions).
+        let (path, body, answer_at, field) = match &self.config.chat {
+            Some(chat) => (
+                "completions",
+                json!({
                     "model": self.config.model,
                     "prompt": self.completion_prompt(chat, &p)?,
                     "max_tokens": max_tokens,
                     "temperature": 0.0,
-                });
-                let answer = self.post("completions", &body)?;
-                answer
-                    .pointer("/choices/0/text")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "{}: the answer has no choices[0].text: {}",
-                            self.endpoint("completions"),
-                            snippet(&answer.to_string())
-                        )
-                    })?
-            }
-            None => {
-                let body = json!({
+                }),
+                "/choices/0/text",
+                "choices[0].text",
+            ),
+            None => (
+                "chat/completions",
+                json!({
                     "model": self.config.model,
                     "messages": [
                         {"role": "system", "content": p.system},
@@ -281,22 +275,20 @@ impl RemoteScorer {
                     ],
                     "max_tokens": max_tokens,
                     "temperature": 0.0,
-                });
-                let answer = self.post("chat/completions", &body)?;
-                answer
-                    .pointer("/choices/0/message/content")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "{}: the answer has no choices[0].message.content: {}",
-                            self.endpoint("chat/completions"),
-                            snippet(&answer.to_string())
-                        )
-                    })?
-            }
+                }),
+                "/choices/0/message/content",
+                "choices[0].message.content",
+            ),
         };
-        let order = prompt::parse_permutation(&text, n, self.config.template.identifiers);
+        let answer = self.post(path, &body)?;
+        let Some(text) = answer.pointer(answer_at).and_then(Value::as_str) else {
+            bail!(
+                "{}: the answer has no {field}: {}",
+                self.endpoint(path),
+                snippet(&answer.to_string())
+            );
+        };
+        let order = prompt::parse_permutation(text, n, self.config.template.identifiers);
         let mut scores = vec![0.0; n];
         for (position, &i) in order.iter().enumerate() {
             scores[i] = (n - position) as f32;

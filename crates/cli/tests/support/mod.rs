@@ -57,6 +57,25 @@ pub fn firstrank(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Quick mode: `firstrank rerank -q --model MODEL --query QUERY --doc D...
+/// --json` plus `extra` flags.
+pub fn rerank_docs(model: &Path, query: &str, docs: &[&str], extra: &[&str]) -> Output {
+    let mut args = vec![
+        "rerank",
+        "-q",
+        "--model",
+        p(model),
+        "--query",
+        query,
+        "--json",
+    ];
+    for d in docs {
+        args.extend(["--doc", d]);
+    }
+    args.extend_from_slice(extra);
+    firstrank(&args)
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
